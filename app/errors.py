@@ -1,0 +1,108 @@
+"""The relay's own exceptions, each mapped to one HTTP status in routes.py.
+
+RelayError
+ +-- InvalidPath          400, the application or path breaks the naming rules
+ +-- PlaylistError        400, the body is not a playlist (not UTF-8, no #EXTM3U)
+ +-- UnsupportedMedia     415, the extension is not accepted
+ +-- BodyTooLarge         413, the body passes the configured limit
+ +-- BodyIncomplete       400, the client went away before the body was whole
+ +-- NotFound             404
+ +-- MethodNotAllowed     405
+ +-- Unauthorized         401, Forbidden 403
+ +-- SpoolFull            503 with Retry-After, the spool passed its size limit
+ +-- DiskFull             507, the spool's disk has no room
+ +-- StorageError         S3 refused in a way retrying cannot fix
+      +-- RetryableStorageError   S3 is down, slow or throttling; try again
+"""
+
+from __future__ import annotations
+
+
+class RelayError(Exception):
+    """Base class: ``detail`` is one sentence an operator or encoder can act on."""
+
+    status = 500
+    error = "internal"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class InvalidPath(RelayError):
+    status = 400
+    error = "invalid_path"
+
+
+class PlaylistError(RelayError):
+    status = 400
+    error = "invalid_playlist"
+
+
+class BodyIncomplete(RelayError):
+    status = 400
+    error = "incomplete_body"
+
+
+class UnsupportedMedia(RelayError):
+    status = 415
+    error = "unsupported_media_type"
+
+
+class BodyTooLarge(RelayError):
+    status = 413
+    error = "body_too_large"
+
+
+class NotFound(RelayError):
+    status = 404
+    error = "not_found"
+
+
+class MethodNotAllowed(RelayError):
+    status = 405
+    error = "method_not_allowed"
+
+
+class Unauthorized(RelayError):
+    status = 401
+    error = "unauthorized"
+
+
+class Forbidden(RelayError):
+    status = 403
+    error = "forbidden"
+
+
+class SpoolFull(RelayError):
+    status = 503
+    error = "spool_full"
+    retry_after = 2
+
+
+class DiskFull(RelayError):
+    status = 507
+    error = "insufficient_storage"
+
+
+class StorageUnavailable(RelayError):
+    """In upload ack mode S3 could not take the file in time; the client retries."""
+
+    status = 503
+    error = "storage_unavailable"
+    retry_after = 5
+
+
+class StorageError(RelayError):
+    """S3 refused in a way that retrying cannot fix (bad keys, no bucket)."""
+
+    status = 502
+    error = "storage_error"
+
+    def __init__(self, detail: str, *, code: str = "") -> None:
+        super().__init__(detail)
+        self.code = code
+
+
+class RetryableStorageError(StorageError):
+    """S3 is unreachable, slow or throttling: the same request may succeed later."""

@@ -1,0 +1,101 @@
+"""Upload paths: the naming rules of SPEC, extensions, and what each kind of file is.
+
+Everything that turns a request path into an object key passes through here,
+so a path that breaks a rule is refused before anything is written.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from app.errors import InvalidPath, UnsupportedMedia
+
+MAX_PATH_CHARS = 512
+_APP_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_PART_RE = re.compile(r"[A-Za-z0-9._-]+")
+# Percent-encoded '/' or '\' would smuggle a separator past the router; other
+# escapes decode to characters that the part rule then judges.
+_ENCODED_SEPARATOR_RE = re.compile(r"%(2f|5c)", re.IGNORECASE)
+
+CONTENT_TYPES = {
+    "m3u8": "application/vnd.apple.mpegurl",
+    "ts": "video/mp2t",
+    "m4s": "video/iso.segment",
+    "mp4": "video/mp4",
+    "m4v": "video/mp4",
+    "m4a": "audio/mp4",
+    "aac": "audio/aac",
+    "ac3": "audio/ac3",
+    "ec3": "audio/eac3",
+    "mp3": "audio/mpeg",
+    "vtt": "text/vtt",
+    "webvtt": "text/vtt",
+    "png": "image/png",
+    "jpg": "image/jpeg",
+    "jpeg": "image/jpeg",
+    "webm": "video/webm",
+    "key": "application/octet-stream",
+    "json": "application/json",
+}
+
+Kind = Literal["playlist", "media"]
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A validated upload target: ``path`` is relative to the application."""
+
+    app: str
+    path: str
+    extension: str
+
+    @property
+    def kind(self) -> Kind:
+        return "playlist" if self.extension == "m3u8" else "media"
+
+    @property
+    def content_type(self) -> str:
+        return CONTENT_TYPES.get(self.extension, "application/octet-stream")
+
+
+def is_valid_app(app: str) -> bool:
+    return _APP_RE.fullmatch(app) is not None
+
+
+def is_valid_path(path: str) -> bool:
+    if not path or len(path) > MAX_PATH_CHARS:
+        return False
+    return all(
+        part not in (".", "..") and _PART_RE.fullmatch(part) is not None
+        for part in path.split("/")
+    )
+
+
+def extension_of(path: str) -> str:
+    name = path.rsplit("/", 1)[-1]
+    return name.rsplit(".", 1)[-1].lower() if "." in name else ""
+
+
+def parse_upload(app: str, path: str, raw_path: bytes, extensions: list[str]) -> Upload:
+    """Check an application and path from a request, or raise the refusal."""
+    if not is_valid_app(app):
+        raise InvalidPath(
+            f"application {app[:80]!r} must be 1 to 64 letters, digits, '_' or '-'"
+        )
+    if _ENCODED_SEPARATOR_RE.search(raw_path.decode("latin-1")):
+        raise InvalidPath("the path holds a percent-encoded separator")
+    if not is_valid_path(path):
+        raise InvalidPath(
+            f"path {path[:120]!r} must be '/'-separated parts of letters, digits, "
+            "'.', '_' or '-', with no empty, '.' or '..' part, at most "
+            f"{MAX_PATH_CHARS} characters"
+        )
+    extension = extension_of(path)
+    if extension not in extensions:
+        raise UnsupportedMedia(
+            f"extension {extension!r} of {path!r} is not accepted; accepted: "
+            + ", ".join(extensions)
+        )
+    return Upload(app=app, path=path, extension=extension)

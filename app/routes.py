@@ -1,0 +1,242 @@
+"""HTTP routes: uploads, deletes, playlist reads, health and metrics.
+
+Every refusal leaves here as ``{"error", "detail"}`` with its status; the
+handlers validate, hand bodies to the uploader, and answer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import anyio.to_thread
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+
+from app.auth import WriteGuard
+from app.config import Settings
+from app.errors import (
+    BodyIncomplete,
+    BodyTooLarge,
+    InvalidPath,
+    MethodNotAllowed,
+    NotFound,
+    RelayError,
+)
+from app.metrics import Metrics
+from app.paths import Upload, parse_upload
+from app.storage import S3Storage
+from app.uploader import Uploader
+
+log = logging.getLogger(__name__)
+
+UPLOAD_PATH = "/{application}/hls-upload/{path:path}"
+MAX_DELETE_BODY = 64 * 1024
+
+
+@dataclass
+class Relay:
+    """What the routes need, built once by create_app."""
+
+    settings: Settings
+    uploader: Uploader
+    storage: S3Storage
+    guard: WriteGuard
+    metrics: Metrics
+
+
+router = APIRouter()
+
+
+def get_relay(request: Request) -> Relay:
+    relay: Relay = request.app.state.relay
+    return relay
+
+
+def require_writer(request: Request) -> None:
+    get_relay(request).guard.check(request)
+
+
+def _upload(relay: Relay, application: str, path: str, request: Request) -> Upload:
+    raw_path: bytes = request.scope.get("raw_path") or request.url.path.encode()
+    return parse_upload(application, path, raw_path, relay.settings.extensions)
+
+
+def _declared_length(request: Request) -> int | None:
+    value = request.headers.get("content-length")
+    if value is None:
+        return None
+    if not value.isdigit():
+        raise InvalidPath(f"Content-Length {value[:40]!r} is not a number")
+    return int(value)
+
+
+async def _body(request: Request) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in request.stream():
+            if chunk:
+                yield chunk
+    except ClientDisconnect:
+        raise BodyIncomplete(
+            "the client closed the connection before the body ended"
+        ) from None
+
+
+@router.put(UPLOAD_PATH, status_code=201, dependencies=[Depends(require_writer)])
+async def put_file(application: str, path: str, request: Request) -> JSONResponse:
+    """Store a playlist or media file; answered once it is durable."""
+    relay = get_relay(request)
+    upload = _upload(relay, application, path, request)
+
+    settings = relay.settings
+    limit = (
+        settings.max_playlist_bytes
+        if upload.kind == "playlist"
+        else settings.max_body_bytes
+    )
+    declared = _declared_length(request)
+    if declared is not None and declared > limit:
+        raise BodyTooLarge(
+            f"{upload.path!r} declares {declared} bytes; the limit is {limit}"
+        )
+    relay.uploader.check_can_accept(declared)
+
+    receipt = await relay.uploader.receive_put(upload, _body(request), limit)
+    return JSONResponse({"key": receipt.key, "size": receipt.size}, status_code=201)
+
+
+@router.delete(UPLOAD_PATH, status_code=204, dependencies=[Depends(require_writer)])
+async def delete_file(application: str, path: str, request: Request) -> Response:
+    """Delete an object; 204 also when it was never there."""
+    relay = get_relay(request)
+    upload = _upload(relay, application, path, request)
+
+    size = 0
+    async for chunk in _body(request):
+        size += len(chunk)
+        if size > MAX_DELETE_BODY:
+            raise BodyTooLarge("a DELETE body must be empty")
+    await relay.uploader.receive_delete(upload)
+    return Response(status_code=204)
+
+
+@router.get(UPLOAD_PATH, dependencies=[Depends(require_writer)])
+async def get_playlist(application: str, path: str, request: Request) -> Response:
+    """The newest version of a playlist, as ffmpeg's append_list reads it."""
+    relay = get_relay(request)
+    upload = _upload(relay, application, path, request)
+    if upload.kind != "playlist":
+        raise MethodNotAllowed("only playlists can be read back from the upload path")
+
+    key = relay.settings.key_for(upload.app, upload.path)
+    data = None
+    entry = relay.uploader.newest_spooled(key)
+    if entry is not None:
+        try:
+            data = await anyio.to_thread.run_sync(relay.uploader.spool.read_body, entry)
+        except FileNotFoundError:
+            data = None  # uploaded meanwhile: S3 has it now
+    if data is None:
+        data = await anyio.to_thread.run_sync(
+            relay.storage.get, key, relay.settings.max_playlist_bytes
+        )
+    if data is None:
+        raise NotFound(f"no playlist {upload.path!r} in application {upload.app!r}")
+    return Response(
+        data, media_type=upload.content_type, headers={"Cache-Control": "no-cache"}
+    )
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """Liveness: the process answers."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(request: Request) -> JSONResponse:
+    """Readiness: the bucket answers and the spool can be written."""
+    relay = get_relay(request)
+    problems = []
+    if not await anyio.to_thread.run_sync(relay.uploader.spool.is_writable):
+        problems.append("the spool is not writable")
+    try:
+        await anyio.to_thread.run_sync(relay.storage.check_bucket)
+    except RelayError as exc:
+        problems.append(exc.detail)
+    if problems:
+        return JSONResponse(
+            {"status": "not ready", "problems": problems}, status_code=503
+        )
+    return JSONResponse({"status": "ready"})
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    """Prometheus text format."""
+    registry = get_relay(request).metrics.registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _error(
+    status: int, error: str, detail: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        {"error": error, "detail": detail}, status_code=status, headers=headers
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map every refusal to SPEC's status and body; nothing a client sends is a 500."""
+
+    async def relay_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RelayError)
+        headers = None
+        retry_after = getattr(exc, "retry_after", None)
+        if retry_after is not None:
+            headers = {"Retry-After": str(retry_after)}
+        if exc.status == 401:
+            headers = {"WWW-Authenticate": 'Basic realm="hlsrelay", Bearer'}
+        level = (
+            logging.WARNING if exc.status >= 500 or exc.status == 413 else logging.INFO
+        )
+        log.log(
+            level,
+            "refused method=%s path=%s status=%d error=%s: %s",
+            request.method,
+            request.url.path[:200],
+            exc.status,
+            exc.error,
+            exc.detail,
+        )
+        return _error(exc.status, exc.error, exc.detail, headers)
+
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        names = {404: "not_found", 405: "method_not_allowed"}
+        error = names.get(exc.status_code, "http_error")
+        return _error(exc.status_code, error, str(exc.detail), dict(exc.headers or {}))
+
+    async def validation_error(request: Request, exc: Exception) -> JSONResponse:
+        return _error(
+            400, "invalid_request", "the request's path or parameters are malformed"
+        )
+
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error(
+            "unexpected error method=%s path=%s",
+            request.method,
+            request.url.path[:200],
+            exc_info=exc,
+        )
+        return _error(500, "internal", "the relay failed; see its log")
+
+    app.add_exception_handler(RelayError, relay_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(Exception, unexpected)

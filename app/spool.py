@@ -1,0 +1,230 @@
+"""The local spool: every acknowledged operation, durable on disk until S3 has it.
+
+An entry is a body file ``{seq}.body`` (PUTs only) and a metadata file
+``{seq}.json``. The body is fsynced before the metadata is renamed into place,
+so the metadata's rename is the commit point: after a crash, a body without
+metadata, or metadata whose body is short or fails its CRC, is torn and
+discarded, never uploaded.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import threading
+import uuid
+import zlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+from app.errors import DiskFull, SpoolFull
+
+log = logging.getLogger(__name__)
+
+Action = Literal["put", "delete"]
+
+
+@dataclass(frozen=True)
+class SpoolEntry:
+    seq: int
+    action: Action
+    app: str
+    path: str
+    key: str
+    content_type: str = ""
+    size: int = 0
+    crc32: int = 0
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _raise_disk_error(exc: OSError, what: str) -> None:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        raise DiskFull(f"the spool's disk is full while writing {what}") from exc
+    raise exc
+
+
+class BodyWriter:
+    """Streams one request body to a file, counting its size and CRC-32.
+
+    All methods block on disk I/O: call them from a worker thread.
+    """
+
+    def __init__(self, spool: Spool, path: Path) -> None:
+        self._spool = spool
+        self.path = path
+        self.size = 0
+        self.crc32 = 0
+        self._file = open(path, "wb")  # noqa: SIM115 - closed in commit/abort
+
+    def write(self, data: bytes) -> None:
+        self._spool.reserve(len(data))
+        try:
+            self._file.write(data)
+        except OSError as exc:
+            self._spool.release(len(data))
+            _raise_disk_error(exc, str(self.path))
+        self.size += len(data)
+        self.crc32 = zlib.crc32(data, self.crc32)
+
+    def finish(self) -> None:
+        """Flush and fsync the body; it is not yet an entry."""
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as exc:
+            _raise_disk_error(exc, str(self.path))
+        finally:
+            self._file.close()
+
+    def abort(self) -> None:
+        self._file.close()
+        self.path.unlink(missing_ok=True)
+        self._spool.release(self.size)
+
+
+class Spool:
+    """Durable storage of entries under one root, with a bound on its bytes."""
+
+    def __init__(self, root: Path, max_bytes: int) -> None:
+        self.root = root
+        self.max_bytes = max_bytes
+        self.entries_dir = root / "entries"
+        self.incoming_dir = root / "incoming"
+        self.used_bytes = 0
+        self.entry_count = 0
+        # Body writers run in worker threads; the byte count is shared.
+        self._lock = threading.Lock()
+
+    def open(self) -> list[SpoolEntry]:
+        """Create the folders, drop torn entries, return the rest in order."""
+        self.entries_dir.mkdir(parents=True, exist_ok=True)
+        self.incoming_dir.mkdir(parents=True, exist_ok=True)
+        for stale in self.incoming_dir.iterdir():
+            log.warning("spool discarding unfinished body file=%s", stale.name)
+            stale.unlink(missing_ok=True)
+
+        entries = []
+        metas = {p.stem: p for p in self.entries_dir.glob("*.json")}
+        for body in self.entries_dir.glob("*.body"):
+            if body.stem not in metas:
+                log.warning("spool discarding torn body file=%s", body.name)
+                body.unlink(missing_ok=True)
+        for tmp in self.entries_dir.glob("*.tmp"):
+            tmp.unlink(missing_ok=True)
+        for stem, meta in metas.items():
+            entry = self._load(meta)
+            if entry is None:
+                meta.unlink(missing_ok=True)
+                (self.entries_dir / f"{stem}.body").unlink(missing_ok=True)
+                continue
+            entries.append(entry)
+
+        entries.sort(key=lambda e: e.seq)
+        self.used_bytes = sum(e.size for e in entries)
+        self.entry_count = len(entries)
+        return entries
+
+    def _load(self, meta: Path) -> SpoolEntry | None:
+        try:
+            entry = SpoolEntry(**json.loads(meta.read_text("utf-8")))
+        except (ValueError, TypeError) as exc:
+            log.warning("spool discarding unreadable entry file=%s: %s", meta.name, exc)
+            return None
+        if entry.action == "put" and not self._body_is_whole(entry):
+            log.warning(
+                "spool discarding torn entry seq=%d key=%s", entry.seq, entry.key
+            )
+            return None
+        return entry
+
+    def _body_is_whole(self, entry: SpoolEntry) -> bool:
+        crc = 0
+        size = 0
+        try:
+            with open(self.body_path(entry), "rb") as body:
+                while chunk := body.read(1 << 20):
+                    size += len(chunk)
+                    crc = zlib.crc32(chunk, crc)
+        except FileNotFoundError:
+            return False
+        return size == entry.size and crc == entry.crc32
+
+    def body_path(self, entry: SpoolEntry) -> Path:
+        return self.entries_dir / f"{entry.seq:020d}.body"
+
+    def reserve(self, nbytes: int) -> None:
+        """Count bytes about to be kept; past the bound, refuse with SpoolFull."""
+        with self._lock:
+            if self.used_bytes + nbytes > self.max_bytes:
+                raise SpoolFull(
+                    f"the spool holds {self.used_bytes} bytes, its limit is "
+                    f"{self.max_bytes} (HLSRELAY_SPOOL_MAX_BYTES); S3 is behind"
+                )
+            self.used_bytes += nbytes
+
+    def release(self, nbytes: int) -> None:
+        with self._lock:
+            self.used_bytes = max(0, self.used_bytes - nbytes)
+
+    def begin_body(self) -> BodyWriter:
+        return BodyWriter(self, self.incoming_dir / f"{uuid.uuid4().hex}.part")
+
+    def commit_put(self, writer: BodyWriter, entry: SpoolEntry) -> None:
+        """Make a finished body an entry: move it in, then write its metadata."""
+        try:
+            os.replace(writer.path, self.body_path(entry))
+        except OSError as exc:
+            writer.abort()
+            _raise_disk_error(exc, entry.key)
+        self._write_meta(entry)
+
+    def commit_delete(self, entry: SpoolEntry) -> None:
+        self._write_meta(entry)
+
+    def _write_meta(self, entry: SpoolEntry) -> None:
+        final = self.entries_dir / f"{entry.seq:020d}.json"
+        tmp = final.with_suffix(".tmp")
+        try:
+            with open(tmp, "w", encoding="utf-8") as out:
+                json.dump(asdict(entry), out)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, final)
+            _fsync_dir(self.entries_dir)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            self.body_path(entry).unlink(missing_ok=True)
+            self.release(entry.size)
+            _raise_disk_error(exc, entry.key)
+        self.entry_count += 1
+
+    def read_body(self, entry: SpoolEntry) -> bytes:
+        return self.body_path(entry).read_bytes()
+
+    def remove(self, entry: SpoolEntry) -> None:
+        """Forget an entry once S3 has it (or a newer one made it moot)."""
+        # Metadata first: a crash between the two unlinks leaves a body with
+        # no metadata, which open() treats as torn and deletes.
+        (self.entries_dir / f"{entry.seq:020d}.json").unlink(missing_ok=True)
+        self.body_path(entry).unlink(missing_ok=True)
+        self.release(entry.size)
+        self.entry_count = max(0, self.entry_count - 1)
+
+    def is_writable(self) -> bool:
+        probe = self.incoming_dir / f".probe-{uuid.uuid4().hex}"
+        try:
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError:
+            return False
+        return True
