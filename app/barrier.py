@@ -291,8 +291,6 @@ class SegmentBarrier:
                 self._waiters.setdefault(holder, set()).add(op.seq)
                 return
         elif op.blocking:
-            if self.clock() >= op.deadline:
-                heapq.heappush(self._deadlines, (op.deadline, op.seq))
             for ref in op.blocking:
                 self._waiters.setdefault(ref, set()).add(op.seq)
             return

@@ -1,0 +1,337 @@
+"""The ordering rule, interleaving by interleaving, on a hand-driven clock."""
+
+from __future__ import annotations
+
+from app.barrier import PlaylistVersion, SegmentBarrier
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def version(*refs: str, extends: bool = False) -> PlaylistVersion:
+    return PlaylistVersion(
+        refs=frozenset(refs), extends=extends, length=1, digest=b"", line_end=True
+    )
+
+
+class Driver:
+    """Feeds a barrier the way the uploader does, and records what it starts."""
+
+    def __init__(self, wait_s: float = 10.0) -> None:
+        self.clock = Clock()
+        self.barrier = SegmentBarrier(wait_s, clock=self.clock)
+        self.seq = 0
+        self.started: list[int] = []
+        self.dropped: list[int] = []
+
+    def begin(self, key: str, action: str = "put") -> int:
+        self.seq += 1
+        is_playlist = key.endswith(".m3u8")
+        self.barrier.begin(self.seq, key, action, is_playlist)  # type: ignore[arg-type]
+        return self.seq
+
+    def commit(self, seq: int, v: PlaylistVersion | None = None) -> None:
+        self.barrier.commit(seq, payload=seq, version=v)
+        self.collect()
+
+    def put(self, key: str, v: PlaylistVersion | None = None) -> int:
+        seq = self.begin(key)
+        self.commit(seq, v)
+        return seq
+
+    def delete(self, key: str) -> int:
+        seq = self.begin(key, "delete")
+        self.commit(seq)
+        return seq
+
+    def finish(self, seq: int) -> None:
+        assert seq in self.started, f"op {seq} finished without being started"
+        self.barrier.finished(seq)
+        self.collect()
+
+    def stored(self, key: str) -> None:
+        """A file that is in the bucket already (uploaded through the relay)."""
+        self.finish(self.put(key))
+
+    def advance(self, seconds: float) -> None:
+        self.clock.now += seconds
+        self.barrier.expire()
+        self.collect()
+
+    def answer_lookups(self, existing: set[str]) -> list[str]:
+        keys = self.barrier.take_lookups()
+        for key in keys:
+            self.barrier.lookup_done(key, key in existing)
+        self.collect()
+        return keys
+
+    def collect(self) -> None:
+        self.started += [op.seq for op in self.barrier.take_ready()]
+        self.dropped += [op.seq for op in self.barrier.take_dropped()]
+
+
+def test_playlist_waits_for_segment_still_being_received() -> None:
+    d = Driver()
+    seg = d.begin("s/seg1.ts")
+    playlist = d.put("s/live.m3u8", version("s/seg1.ts"))
+    assert playlist not in d.started
+
+    d.commit(seg)
+    assert d.started == [seg]
+    d.advance(60)  # received but not stored: no bound applies
+    assert playlist not in d.started
+
+    d.finish(seg)
+    assert d.started == [seg, playlist]
+
+
+def test_playlist_waits_for_segment_that_is_uploading() -> None:
+    d = Driver()
+    seg = d.put("s/seg1.ts")
+    playlist = d.put("s/live.m3u8", version("s/seg1.ts"))
+    d.advance(3600)  # an S3 outage: the segment will land, so keep waiting
+    assert d.started == [seg]
+
+    d.finish(seg)
+    assert d.started == [seg, playlist]
+
+
+def test_playlist_after_stored_segments_starts_at_once() -> None:
+    d = Driver()
+    d.stored("s/seg1.ts")
+    d.stored("s/init.mp4")
+    playlist = d.put("s/live.m3u8", version("s/seg1.ts", "s/init.mp4"))
+    assert d.started[-1] == playlist
+
+
+def test_playlist_missing_reference_waits_bounded_then_publishes() -> None:
+    d = Driver(wait_s=10)
+    playlist = d.put("s/live.m3u8", version("s/never.ts"))
+    assert d.answer_lookups(existing=set()) == ["s/never.ts"]
+    d.advance(9.9)
+    assert playlist not in d.started
+
+    d.advance(0.2)
+    assert d.started == [playlist]
+    op_missing = d.barrier._ops[playlist].missing  # still running: inspect it
+    assert op_missing == {"s/never.ts"}
+
+
+def test_playlist_reference_found_in_bucket_by_lookup_starts() -> None:
+    d = Driver()
+    playlist = d.put("s/live.m3u8", version("s/old.ts"))
+    assert playlist not in d.started
+    assert d.answer_lookups(existing={"s/old.ts"}) == ["s/old.ts"]
+    assert d.started == [playlist]
+
+
+def test_segment_cut_short_leaves_playlist_with_bounded_wait() -> None:
+    d = Driver(wait_s=5)
+    seg = d.begin("s/seg1.ts")
+    playlist = d.put("s/live.m3u8", version("s/seg1.ts"))
+    d.barrier.abort(seg)
+    d.collect()
+    d.answer_lookups(existing=set())
+    assert playlist not in d.started
+    d.advance(5)
+    assert d.started == [playlist]
+
+
+def test_newer_playlist_version_drops_waiting_older_one() -> None:
+    d = Driver()
+    seg2 = d.begin("s/seg2.ts")
+    v1 = d.put("s/live.m3u8", version("s/seg2.ts"))
+    d.stored("s/seg3.ts")
+    v2 = d.put("s/live.m3u8", version("s/seg3.ts"))
+    assert v1 in d.dropped
+    assert d.started[-1] == v2
+    d.commit(seg2)
+    assert v1 not in d.started
+
+
+def test_newer_playlist_version_waits_for_older_one_uploading() -> None:
+    d = Driver()
+    v1 = d.put("s/live.m3u8", version())
+    v2 = d.put("s/live.m3u8", version())
+    assert d.started == [v1]
+    assert v2 not in d.dropped
+
+    d.finish(v1)
+    assert d.started == [v1, v2]
+
+
+def test_older_playlist_version_still_receiving_holds_newer_back() -> None:
+    d = Driver()
+    v1 = d.begin("s/live.m3u8")
+    v2 = d.put("s/live.m3u8", version())
+    assert d.started == []
+
+    d.commit(v1, version())  # arrives whole after v2: v2 is newer, v1 is moot
+    assert v1 in d.dropped
+    assert d.started == [v2]
+
+
+def test_delete_after_put_waits_for_slow_upload() -> None:
+    d = Driver()
+    put = d.put("s/seg1.ts")
+    delete = d.delete("s/seg1.ts")
+    assert d.started == [put]
+    d.finish(put)
+    assert d.started == [put, delete]
+
+
+def test_delete_of_segment_in_published_playlist_waits() -> None:
+    d = Driver()
+    d.stored("s/seg1.ts")
+    d.stored("s/seg2.ts")
+    v1 = d.put("s/live.m3u8", version("s/seg1.ts", "s/seg2.ts"))
+    d.finish(v1)
+
+    delete = d.delete("s/seg1.ts")
+    assert delete not in d.started
+
+    d.stored("s/seg3.ts")
+    v2 = d.put("s/live.m3u8", version("s/seg2.ts", "s/seg3.ts"))
+    assert delete not in d.started  # v1 is still the written version
+    d.finish(v2)
+    assert d.started[-1] == delete
+
+
+def test_delete_of_segment_in_pending_playlist_waits() -> None:
+    d = Driver()
+    seg2 = d.begin("s/seg2.ts")
+    d.stored("s/seg1.ts")
+    pending = d.put("s/live.m3u8", version("s/seg1.ts", "s/seg2.ts"))
+    delete = d.delete("s/seg1.ts")
+    assert delete not in d.started
+
+    d.commit(seg2)
+    d.finish(seg2)
+    d.finish(pending)
+    assert delete not in d.started  # the written version names it now
+    d.stored("s/seg3.ts")
+    d.finish(d.put("s/live.m3u8", version("s/seg2.ts", "s/seg3.ts")))
+    assert d.started[-1] == delete
+
+
+def test_delete_of_unreferenced_segment_starts_at_once() -> None:
+    d = Driver()
+    d.stored("s/seg1.ts")
+    d.finish(d.put("s/live.m3u8", version("s/seg1.ts")))
+    delete = d.delete("s/other.ts")
+    assert d.started[-1] == delete
+
+
+def test_delete_of_playlist_releases_its_segments() -> None:
+    d = Driver()
+    d.stored("s/seg1.ts")
+    d.finish(d.put("s/live.m3u8", version("s/seg1.ts")))
+    seg_delete = d.delete("s/seg1.ts")
+    assert seg_delete not in d.started
+
+    playlist_delete = d.delete("s/live.m3u8")
+    d.finish(playlist_delete)
+    assert d.started[-1] == seg_delete
+
+
+def test_delete_then_put_of_same_key_keeps_only_put() -> None:
+    d = Driver()
+    d.stored("s/seg1.ts")
+    d.finish(d.put("s/live.m3u8", version("s/seg1.ts")))
+    delete = d.delete("s/seg1.ts")  # waits: the playlist names it
+    put = d.put("s/seg1.ts")
+    assert delete in d.dropped
+    assert d.started[-1] == put
+
+
+def test_media_put_superseded_by_newer_put_while_queued() -> None:
+    d = Driver()
+    first = d.put("s/a.ts")
+    second = d.put("s/a.ts")
+    third = d.put("s/a.ts")
+    assert d.started == [first]
+    assert d.dropped == [second]
+    d.finish(first)
+    assert d.started == [first, third]
+
+
+def test_multivariant_waits_for_first_variant_version_only() -> None:
+    d = Driver()
+    d.stored("s/seg_0.ts")
+    v0 = d.put("s/v0.m3u8", version("s/seg_0.ts"))
+    master = d.put("s/master.m3u8", version("s/v0.m3u8"))
+    assert master not in d.started
+
+    d.finish(v0)
+    assert d.started[-1] == master
+    d.finish(master)
+
+    # With a variant in the bucket, a newer variant version on its way does
+    # not hold the multivariant playlist back.
+    d.begin("s/v0.m3u8")
+    master2 = d.put("s/master.m3u8", version("s/v0.m3u8"))
+    assert d.started[-1] == master2
+
+
+def test_variant_delete_waits_for_multivariant_playlist() -> None:
+    d = Driver()
+    d.finish(d.put("s/v0.m3u8", version()))
+    d.finish(d.put("s/master.m3u8", version("s/v0.m3u8")))
+    delete = d.delete("s/v0.m3u8")
+    assert delete not in d.started
+
+
+def test_extending_version_checks_only_new_references() -> None:
+    d = Driver()
+    d.stored("s/e0.ts")
+    v1 = d.put("s/event.m3u8", version("s/e0.ts"))
+    d.finish(v1)
+    new_seg = d.begin("s/e1.ts")
+    v2 = d.put("s/event.m3u8", version("s/e1.ts", extends=True))
+    assert v2 not in d.started
+    d.commit(new_seg)
+    d.finish(new_seg)
+    d.finish(v2)
+
+    # Both the old and the appended entries now count as named.
+    assert d.barrier._published["s/event.m3u8"].refs == {"s/e0.ts", "s/e1.ts"}
+    delete = d.delete("s/e0.ts")
+    assert delete not in d.started
+
+
+def test_base_for_only_when_nothing_earlier_is_pending() -> None:
+    d = Driver()
+    d.finish(d.put("s/e.m3u8", version()))
+    seq = d.begin("s/e.m3u8")
+    assert d.barrier.base_for("s/e.m3u8", seq) is not None
+    later = d.begin("s/e.m3u8")
+    assert d.barrier.base_for("s/e.m3u8", later) is None
+
+
+def test_every_operation_ends_started_or_dropped() -> None:
+    # A long mixed run: nothing may be left behind in the barrier.
+    d = Driver(wait_s=2)
+    for n in range(50):
+        seg = d.put(f"s/seg{n}.ts")
+        playlist = d.put(
+            "s/live.m3u8",
+            version(*(f"s/seg{k}.ts" for k in range(max(0, n - 3), n + 1))),
+        )
+        d.finish(seg)
+        if playlist in d.started:
+            d.finish(playlist)
+        if n >= 5:
+            d.delete(f"s/seg{n - 5}.ts")
+        for seq in list(d.started):
+            if seq in d.barrier._ops and d.barrier._ops[seq].state.value == "running":
+                d.finish(seq)
+    d.advance(10)
+    for seq in list(d.started):
+        if seq in d.barrier._ops:
+            d.finish(seq)
+    assert d.barrier.pending_count() == 0
