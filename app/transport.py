@@ -1,4 +1,4 @@
-"""ASGI glue between uvicorn and the app: bodies that arrived whole stay whole.
+"""Glue between uvicorn and the app: bodies that arrived whole stay whole.
 
 ffmpeg sends the last chunk of a PUT and closes the socket without reading the
 answer. uvicorn (0.30 to at least 0.55) then answers ``receive()`` with
@@ -9,9 +9,10 @@ buffered remainder to the app as the final ``http.request`` message instead.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 
 class CompleteBodyMiddleware:
@@ -55,3 +56,58 @@ def _buffered_final_body(receive: Receive) -> bytes | None:
         return None
     cycle.body = type(body)()
     return bytes(body)
+
+
+class RelayHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, finishing what a departed client sent whole.
+
+    ffmpeg with ``-http_persistent 1`` pipelines: it sends a segment, then the
+    playlist on the same connection without waiting for the first answer, then
+    closes. uvicorn starts a pipelined request only after a response completes
+    on an open transport, so the playlist would be dropped without a trace,
+    and the segment's answer would be written to a closed transport. Here the
+    running and pipelined requests of a closed connection are marked
+    disconnected (their answers go nowhere) and still run in order; the
+    complete-body middleware hands each its body if it arrived whole.
+
+    NOTE: a pipelined body larger than uvicorn's read buffer is still in the
+    kernel when the first answer goes out; a client that has closed answers
+    that with a reset, which discards it. Such a body never arrived whole and
+    is not stored, and a playlist naming it waits only the bounded time.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._running: set[Any] = set()
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        async def run_then_continue(scope: Scope, receive: Receive, send: Send) -> None:
+            async def send_unless_closed(message: Message) -> None:
+                if self.transport.is_closing():
+                    cycle.disconnected = True
+                    return
+                await send(message)
+
+            try:
+                await app(scope, receive, send_unless_closed)
+            finally:
+                self._running.discard(cycle)
+                self._continue_after_close()
+
+        self._running.add(cycle)
+        super()._start_asgi_task(cycle, cast(Any, run_then_continue))
+
+    def _continue_after_close(self) -> None:
+        if self._running or not self.pipeline or not self.transport.is_closing():
+            return
+        cycle, app = self.pipeline.pop()
+        cycle.disconnected = True
+        cycle.message_event.set()
+        self._start_asgi_task(cycle, app)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for cycle in self._running:
+            if not cycle.response_complete:
+                cycle.disconnected = True
+                cycle.message_event.set()
+        super().connection_lost(exc)
