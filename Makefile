@@ -1,0 +1,45 @@
+# On a fresh clone `make run` and `make test` are all a newcomer needs: both
+# build .venv first. The stamp file keeps that to once per pyproject.toml change.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SOURCES := app tests
+
+.PHONY: venv fmt lint typecheck test run demo bench
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -e '.[test]'
+	touch $@
+
+fmt: $(STAMP)
+	$(BIN)/ruff format $(SOURCES)
+
+lint: $(STAMP)
+	$(BIN)/ruff check $(SOURCES)
+	$(BIN)/ruff format --check $(SOURCES)
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+# The whole suite, integration tests (real SeaweedFS and ffmpeg) included.
+test: lint typecheck
+	$(BIN)/pytest
+
+# The relay on 127.0.0.1:5080 against a local SeaweedFS, unless
+# HLSRELAY_S3_BUCKET names a real bucket.
+run: $(STAMP)
+	$(BIN)/python -m app.locals3
+
+# Pushes a 20 s test pattern to the relay that `make run` started.
+demo: $(STAMP)
+	$(BIN)/python -m app.locals3 demo
+
+# Benchmarks live in bench/ once someone writes them; until then this target
+# says so and does nothing, rather than print numbers nobody measured.
+bench: $(STAMP)
+	@if [ -d bench ]; then $(BIN)/python -m bench; \
+	else echo "bench/ does not exist yet: no benchmarks to run"; fi

