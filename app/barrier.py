@@ -176,9 +176,11 @@ class SegmentBarrier:
             if op is None or op.state is not State.QUEUED:
                 continue
             for ref in list(op.blocking):
-                if self._ref_state(ref) != "wait":
+                state = self._ref_state(ref)
+                if state != "wait":
                     op.blocking.discard(ref)
-                    op.missing.add(ref)
+                    if state == "absent":  # stored meanwhile is not missing
+                        op.missing.add(ref)
             self._evaluate_head(op.key)
 
     # -- what the uploader takes from the barrier ------------------------
@@ -230,7 +232,16 @@ class SegmentBarrier:
         if version.extends or published is None:
             to_check = set(version.refs)
         else:
-            to_check = {ref for ref in version.refs if ref not in published.refs}
+            # What the published version named is stored, unless a newer body
+            # of it is on its way (an encoder that restarted its numbering
+            # re-sends the same names): that one is waited for like a new one.
+            queues = self._queues
+            to_check = {
+                ref
+                for ref in version.refs
+                if ref not in published.refs
+                or any(other.action == "put" for other in queues.get(ref, ()))
+            }
         to_check.discard(op.key)
         folders = self._folders
         for ref in version.refs:
@@ -291,9 +302,13 @@ class SegmentBarrier:
                 self._waiters.setdefault(holder, set()).add(op.seq)
                 return
         elif op.blocking:
-            for ref in op.blocking:
-                self._waiters.setdefault(ref, set()).add(op.seq)
-            return
+            # A file stored while this version queued behind an earlier one
+            # of its key woke no one (waiters are the head's): look again.
+            op.blocking -= {ref for ref in op.blocking if self._ref_state(ref) == "ok"}
+            if op.blocking:
+                for ref in op.blocking:
+                    self._waiters.setdefault(ref, set()).add(op.seq)
+                return
         op.state = State.RUNNING
         self._ready.append(op)
 

@@ -335,3 +335,38 @@ def test_every_operation_ends_started_or_dropped() -> None:
         if seq in d.barrier._ops:
             d.finish(seq)
     assert d.barrier.pending_count() == 0
+
+
+def test_version_queued_behind_upload_sees_segment_stored_meanwhile() -> None:
+    d = Driver()
+    v1 = d.put("s/live.m3u8", version())
+    seg = d.put("s/seg1.ts")
+    v2 = d.put("s/live.m3u8", version("s/seg1.ts"))
+    d.finish(seg)  # stored while v2 waits behind v1, not at the head
+    d.finish(v1)
+    assert d.started[-1] == v2
+
+
+def test_reference_stored_before_deadline_is_not_missing() -> None:
+    d = Driver(wait_s=5)
+    seg = d.put("s/seg1.ts")
+    d.barrier.begin(99, "s/seg2.ts", "put", False)
+    playlist = d.put("s/live.m3u8", version("s/seg1.ts", "s/seg2.ts"))
+    d.finish(seg)
+    d.barrier.abort(99)
+    d.answer_lookups(existing=set())
+    d.advance(5)
+    assert d.started[-1] == playlist
+    assert d.barrier._ops[playlist].missing == {"s/seg2.ts"}
+
+
+def test_restarted_encoder_resending_a_name_is_waited_for() -> None:
+    d = Driver()
+    d.stored("s/seg0.ts")
+    d.finish(d.put("s/live.m3u8", version("s/seg0.ts")))
+    again = d.begin("s/seg0.ts")  # the same name, new content, still arriving
+    playlist = d.put("s/live.m3u8", version("s/seg0.ts"))
+    assert playlist not in d.started
+    d.commit(again)
+    d.finish(again)
+    assert d.started[-1] == playlist
