@@ -105,6 +105,22 @@ def test_pipelined_requests_then_close_all_run_in_order(
     assert wait_seen(recorder, 2) == [("/seg.ts", 200_000), ("/live.m3u8", 8)]
 
 
+def test_many_pipelined_requests_then_close_all_run(
+    server: tuple[int, Recorder],
+) -> None:
+    # A stream's end with -http_persistent 1: requests queued on one
+    # connection, then a close with earlier answers unread (a reset).
+    port, recorder = server
+    paths = [f"/s{n}.ts" for n in range(4)] + [f"/p{n}.m3u8" for n in range(4)]
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.sendall(chunked("/first.ts", b"f"))
+    wait_seen(recorder, 1)  # its answer now waits, unread, at the client
+    sock.sendall(b"".join(chunked(path, b"#EXTM3U\n" * 50) for path in paths))
+    sock.close()
+    expected = [("/first.ts", 1)] + [(path, 400) for path in paths]
+    assert wait_seen(recorder, len(expected)) == expected
+
+
 def test_body_cut_short_is_a_disconnect(server: tuple[int, Recorder]) -> None:
     port, recorder = server
     whole = chunked("/cut.ts", b"c" * 10_000)
