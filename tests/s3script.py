@@ -1,0 +1,102 @@
+"""A scripted S3 provider inside botocore: each request, as signed and about to
+go on the wire, is recorded and answered by a test's function instead of a
+server. For unit tests of what the relay sends and how it reads refusals."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from botocore.awsrequest import AWSPreparedRequest, AWSResponse
+
+
+@dataclass(frozen=True)
+class Sent:
+    method: str
+    url: str
+    headers: dict[str, str]  # names in lower case
+    body: bytes
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).netloc
+
+    @property
+    def path(self) -> str:
+        return urlsplit(self.url).path
+
+    @property
+    def query(self) -> str:
+        return urlsplit(self.url).query
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def error(status: int, code: str, message: str = "") -> Reply:
+    body = (
+        f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
+        f"<Message>{message or code}</Message></Error>"
+    ).encode()
+    return Reply(status, body, {"Content-Type": "application/xml"})
+
+
+class _Raw(io.BytesIO):
+    def stream(self, amt: int = 1024, decode_content: bool = False) -> Iterator[bytes]:
+        while chunk := self.read(amt):
+            yield chunk
+
+
+def _body_of(request: AWSPreparedRequest) -> bytes:
+    body: Any = request.body
+    if body is None:
+        return b""
+    if isinstance(body, (bytes, bytearray)):
+        return bytes(body)
+    if isinstance(body, str):
+        return body.encode()
+    data = body.read()
+    if hasattr(body, "seek"):
+        body.seek(0)  # botocore rewinds for a retry; leave it as found
+    return bytes(data)
+
+
+def ok(sent: Sent) -> Reply:
+    """Answers as a provider that takes everything."""
+    return Reply(200, b"", {"ETag": '"0"'})
+
+
+class ScriptedS3:
+    """Records what a client sends; ``answer`` decides each reply."""
+
+    def __init__(self, client: Any, answer: Callable[[Sent], Reply] = ok) -> None:
+        self.sent: list[Sent] = []
+        self.answer = answer
+        client.meta.events.register("before-send.s3", self._send)
+
+    def _send(self, request: AWSPreparedRequest, **_: Any) -> AWSResponse:
+        headers = {
+            name.lower(): _text(value) for name, value in request.headers.items()
+        }
+        sent = Sent(request.method or "", request.url or "", headers, _body_of(request))
+        self.sent.append(sent)
+        reply = self.answer(sent)
+        answered: Any = reply.headers
+        return AWSResponse(sent.url, reply.status, answered, _Raw(reply.body))
+
+    def only(self, method: str) -> Sent:
+        """The one request of ``method`` sent so far."""
+        found = [s for s in self.sent if s.method == method]
+        assert len(found) == 1, [(s.method, s.url) for s in self.sent]
+        return found[0]
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,204 @@
+"""``hlsrelay check`` as an operator runs it: ``python -m app check`` against a
+real SeaweedFS, for a working bucket and for each failure SeaweedFS can give."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import botocore.auth
+import pytest
+from botocore.exceptions import ClientError
+from conftest import REPO_ROOT, free_port
+
+from app.config import Settings
+from app.locals3 import REGION, LocalS3
+from app.probe import run_check
+
+pytestmark = pytest.mark.integration
+
+CHECK_TIMEOUT_S = 120
+
+
+def relay_env(local_s3: LocalS3, bucket: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HLSRELAY_")}
+    env.update(
+        HLSRELAY_S3_BUCKET=bucket,
+        HLSRELAY_S3_ENDPOINT=local_s3.endpoint,
+        HLSRELAY_S3_REGION=REGION,
+        HLSRELAY_S3_ACCESS_KEY=local_s3.access_key,
+        HLSRELAY_S3_SECRET_KEY=local_s3.secret_key,
+        HLSRELAY_S3_ADDRESSING="path",
+    )
+    env.update(extra)
+    return env
+
+
+def run_cli(
+    env: Mapping[str, str], *args: str, command: str = "check"
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "app", command, *args],
+        cwd=REPO_ROOT,
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=CHECK_TIMEOUT_S,
+        check=False,
+    )
+
+
+def keys_in(local_s3: LocalS3, bucket: str) -> list[str]:
+    listing = local_s3.client().list_objects_v2(Bucket=bucket)
+    return [item["Key"] for item in listing.get("Contents", [])]
+
+
+def test_check_working_bucket_exits_zero_and_cleans_up(
+    local_s3: LocalS3, bucket: str
+) -> None:
+    result = run_cli(relay_env(local_s3, bucket))
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    for step in ("bucket", "write", "read", "delete"):
+        assert f"ok   {step}" in result.stdout
+    assert "streams/hlsrelay-check-" in result.stdout
+    assert keys_in(local_s3, bucket) == []
+
+
+def test_check_app_in_template_writes_under_that_app(
+    local_s3: LocalS3, bucket: str
+) -> None:
+    env = relay_env(local_s3, bucket, HLSRELAY_KEY_TEMPLATE="live/{app}/{path}")
+    result = run_cli(env, "--app", "Studio_2")
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "'live/Studio_2/hlsrelay-check-" in result.stdout
+
+
+def test_check_unknown_bucket_fails_and_creates_nothing(
+    local_s3: LocalS3,
+) -> None:
+    missing = "t-never-created-bucket"
+    result = run_cli(relay_env(local_s3, missing))
+
+    assert result.returncode == 1
+    assert "FAIL bucket" in result.stdout
+    assert "fix: HLSRELAY_S3_BUCKET" in result.stdout
+    assert "FAILED" in result.stderr
+    # SeaweedFS creates a bucket on the first PUT into it: check must not.
+    with pytest.raises(ClientError):
+        local_s3.client().head_bucket(Bucket=missing)
+
+
+def test_check_wrong_endpoint_fails_naming_endpoint(
+    local_s3: LocalS3, bucket: str
+) -> None:
+    nothing_there = f"http://127.0.0.1:{free_port()}"
+    result = run_cli(relay_env(local_s3, bucket, HLSRELAY_S3_ENDPOINT=nothing_there))
+
+    assert result.returncode == 1
+    assert "FAIL bucket" in result.stdout
+    assert "unreachable" in result.stdout
+    assert "fix: HLSRELAY_S3_ENDPOINT" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "code", "setting"),
+    [
+        (
+            "HLSRELAY_S3_SECRET_KEY",
+            "wrong-secret",
+            "SignatureDoesNotMatch",
+            "HLSRELAY_S3_SECRET_KEY",
+        ),
+        (
+            "HLSRELAY_S3_ACCESS_KEY",
+            "unknown-key",
+            "InvalidAccessKeyId",
+            "HLSRELAY_S3_ACCESS_KEY",
+        ),
+        (
+            "HLSRELAY_S3_STORAGE_CLASS",
+            "NO_SUCH_CLASS",
+            "InvalidStorageClass",
+            "HLSRELAY_S3_STORAGE_CLASS",
+        ),
+    ],
+)
+def test_check_refused_write_shows_provider_code_and_setting(
+    local_s3: LocalS3,
+    bucket: str,
+    variable: str,
+    value: str,
+    code: str,
+    setting: str,
+) -> None:
+    result = run_cli(relay_env(local_s3, bucket, **{variable: value}))
+
+    assert result.returncode == 1, result.stdout
+    assert "FAIL write" in result.stdout
+    assert code in result.stdout
+    assert f"fix: {setting}" in result.stdout
+    assert keys_in(local_s3, bucket) == []
+
+
+def test_check_invalid_configuration_names_the_variable(
+    local_s3: LocalS3, bucket: str
+) -> None:
+    env = relay_env(local_s3, bucket, HLSRELAY_S3_ENDPOINT="127.0.0.1:9000")
+    result = run_cli(env)
+
+    assert result.returncode != 0
+    assert "HLSRELAY_S3_ENDPOINT" in result.stderr
+    assert "https://" in result.stderr
+
+
+def test_check_bad_app_name_is_refused_before_any_request(
+    local_s3: LocalS3, bucket: str
+) -> None:
+    result = run_cli(relay_env(local_s3, bucket), "--app", "../etc")
+
+    assert result.returncode == 2
+    assert "--app" in result.stderr
+    assert "FAIL" not in result.stdout
+
+
+def test_check_secret_never_printed(local_s3: LocalS3, bucket: str) -> None:
+    env = relay_env(local_s3, bucket, HLSRELAY_S3_SECRET_KEY="s3cr3t-value-xyz")
+    result = run_cli(env)
+
+    assert result.returncode == 1
+    assert "s3cr3t-value-xyz" not in result.stdout + result.stderr
+
+
+def test_check_clock_skew_names_the_clock(
+    local_s3: LocalS3, bucket: str, tmp_path: Path
+) -> None:
+    # SeaweedFS checks X-Amz-Date like AWS does; sign as a clock 2 h behind.
+    values: dict[str, Any] = {
+        "spool_dir": tmp_path,
+        "s3_bucket": bucket,
+        "s3_endpoint": local_s3.endpoint,
+        "s3_access_key": local_s3.access_key,
+        "s3_secret_key": local_s3.secret_key,
+        "s3_addressing": "path",
+    }
+    settings = Settings(**values)
+
+    def two_hours_behind(remove_tzinfo: bool = True) -> datetime.datetime:
+        now = datetime.datetime.now(datetime.UTC) - datetime.timedelta(hours=2)
+        return now.replace(tzinfo=None) if remove_tzinfo else now
+
+    with mock.patch.object(botocore.auth, "get_current_datetime", two_hours_behind):
+        steps = list(run_check(settings, "LiveApp"))
+
+    failed = [step for step in steps if step.status == "fail"]
+    assert len(failed) == 1, steps
+    assert "RequestTimeTooSkewed" in failed[0].detail
+    assert "clock" in failed[0].fix
