@@ -1,0 +1,63 @@
+"""Stopping within ``HLSRELAY_SHUTDOWN_GRACE_S`` of SIGTERM, all steps included.
+
+uvicorn spends its graceful timeout on the requests in flight and only then
+runs the lifespan's shutdown; the clock started by the signal lets the
+uploader have what is left of the grace period instead of a second one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from types import FrameType
+
+import uvicorn
+
+log = logging.getLogger(__name__)
+
+
+class ShutdownClock:
+    """The grace period, counted from the first stop signal."""
+
+    def __init__(self, grace_s: float) -> None:
+        self.grace_s = grace_s
+        self._deadline: float | None = None
+
+    def begin(self) -> None:
+        if self._deadline is None:
+            self._deadline = time.monotonic() + self.grace_s
+
+    def remaining(self) -> float:
+        """Seconds left; the whole grace period when no signal came (tests)."""
+        if self._deadline is None:
+            return self.grace_s
+        return max(0.0, self._deadline - time.monotonic())
+
+
+class RelayServer(uvicorn.Server):
+    """uvicorn's server, starting the shutdown clock when a stop signal comes."""
+
+    def __init__(self, config: uvicorn.Config, clock: ShutdownClock) -> None:
+        super().__init__(config)
+        self.clock = clock
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if not self.should_exit:
+            self.clock.begin()
+            log.info(
+                "stopping signal=%d: no new connections, requests in flight get "
+                "up to %gs",
+                sig,
+                self.clock.grace_s,
+            )
+        super().handle_exit(sig, frame)
+
+
+def graceful_timeout(grace_s: float) -> int:
+    """uvicorn's whole seconds for requests in flight, never more than the grace.
+
+    0 makes uvicorn cancel them at once, which the spool survives: a body
+    cut short is dropped whole. (uvicorn reads None as "wait for ever".)
+    """
+    return math.floor(grace_s)

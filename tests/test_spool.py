@@ -1,0 +1,251 @@
+"""The spool on disk: what a crash can leave half-written is found on open and
+thrown away, never replayed; a full disk is DiskFull and a full spool is
+SpoolFull, and neither changes what is already spooled."""
+
+from __future__ import annotations
+
+import errno
+import json
+import zlib
+from pathlib import Path
+
+import pytest
+
+from app.errors import DiskFull, SpoolFull
+from app.spool import BodyWriter, Spool, SpoolEntry
+
+
+def spool_put(spool: Spool, seq: int, body: bytes, path: str = "s.ts") -> SpoolEntry:
+    writer = spool.begin_body()
+    writer.write(body)
+    writer.finish()
+    entry = SpoolEntry(
+        seq=seq,
+        action="put",
+        app="LiveApp",
+        path=path,
+        key=f"streams/{path}",
+        content_type="video/mp2t",
+        size=len(body),
+        crc32=zlib.crc32(body),
+    )
+    spool.commit_put(writer, entry)
+    return entry
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Spool:
+    spool = Spool(tmp_path / "spool", max_bytes=10_000)
+    spool.open()
+    return spool
+
+
+def reopen(spool: Spool) -> tuple[Spool, list[SpoolEntry]]:
+    again = Spool(spool.root, spool.max_bytes)
+    return again, again.open()
+
+
+def entry_files(spool: Spool) -> list[str]:
+    return sorted(p.name for p in spool.entries_dir.iterdir())
+
+
+def test_spool_open_returns_committed_entries_in_order(spool: Spool) -> None:
+    second = spool_put(spool, 2, b"b" * 20, "b.ts")
+    first = spool_put(spool, 1, b"a" * 10, "a.ts")
+    delete = SpoolEntry(seq=3, action="delete", app="LiveApp", path="a.ts", key="k")
+    spool.commit_delete(delete)
+
+    again, entries = reopen(spool)
+
+    assert entries == [first, second, delete]
+    assert again.used_bytes == 30
+    assert again.read_body(second) == b"b" * 20
+
+
+def test_spool_open_discards_body_without_metadata(spool: Spool) -> None:
+    kept = spool_put(spool, 1, b"kept")
+    torn = spool_put(spool, 2, b"torn body")
+    (spool.entries_dir / f"{torn.seq:020d}.json").unlink()
+
+    again, entries = reopen(spool)
+
+    assert entries == [kept]
+    assert not again.body_path(torn).exists()
+    assert again.used_bytes == len(b"kept")
+
+
+def test_spool_open_discards_short_body(spool: Spool) -> None:
+    torn = spool_put(spool, 1, b"x" * 100)
+    with open(spool.body_path(torn), "r+b") as body:
+        body.truncate(60)
+
+    again, entries = reopen(spool)
+
+    assert entries == []
+    assert entry_files(again) == []
+    assert again.used_bytes == 0
+
+
+def test_spool_open_discards_body_failing_its_crc(spool: Spool) -> None:
+    torn = spool_put(spool, 1, b"x" * 100)
+    path = spool.body_path(torn)
+    data = bytearray(path.read_bytes())
+    data[50] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+    again, entries = reopen(spool)
+
+    assert entries == []
+    assert entry_files(again) == []
+
+
+def test_spool_open_discards_metadata_whose_body_is_gone(spool: Spool) -> None:
+    torn = spool_put(spool, 1, b"x" * 100)
+    spool.body_path(torn).unlink()
+
+    again, entries = reopen(spool)
+
+    assert entries == []
+    assert entry_files(again) == []
+
+
+GOOD = {
+    "seq": 1,
+    "action": "put",
+    "app": "LiveApp",
+    "path": "s.ts",
+    "key": "streams/s.ts",
+    "content_type": "video/mp2t",
+    "size": 4,
+    "crc32": zlib.crc32(b"body"),
+}
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        b"",
+        b'{"seq": 1, "action": "put", "app": "Li',
+        b"\xff\xfe not utf-8",
+        b"[]",
+        b"null",
+        b"{}",
+        json.dumps({**GOOD, "unknown": 1}).encode(),
+        json.dumps({k: v for k, v in GOOD.items() if k != "key"}).encode(),
+        json.dumps({**GOOD, "seq": "1"}).encode(),
+        json.dumps({**GOOD, "seq": 7}).encode(),
+        json.dumps({**GOOD, "size": -4}).encode(),
+        json.dumps({**GOOD, "size": True}).encode(),
+        json.dumps({**GOOD, "action": "rename"}).encode(),
+        json.dumps({**GOOD, "key": ""}).encode(),
+        json.dumps({**GOOD, "key": ["streams/s.ts"]}).encode(),
+    ],
+    ids=[
+        "empty",
+        "cut-short",
+        "not-utf8",
+        "list",
+        "null",
+        "no-fields",
+        "extra-field",
+        "missing-key",
+        "seq-as-text",
+        "seq-not-its-file",
+        "negative-size",
+        "bool-size",
+        "unknown-action",
+        "empty-key",
+        "key-not-text",
+    ],
+)
+def test_spool_open_discards_garbage_metadata(spool: Spool, metadata: bytes) -> None:
+    kept = spool_put(spool, 2, b"kept")
+    (spool.entries_dir / f"{1:020d}.body").write_bytes(b"body")
+    (spool.entries_dir / f"{1:020d}.json").write_bytes(metadata)
+
+    again, entries = reopen(spool)
+
+    assert entries == [kept]
+    assert entry_files(again) == [f"{2:020d}.body", f"{2:020d}.json"]
+
+
+def test_spool_open_discards_stale_incoming_and_temp_files(spool: Spool) -> None:
+    writer = spool.begin_body()
+    writer.write(b"a whole body")
+    writer.finish()  # the process died before committing it
+    (spool.entries_dir / f"{5:020d}.tmp").write_text('{"seq": 5')
+    (spool.entries_dir / f"{5:020d}.body").write_bytes(b"renamed, no metadata")
+
+    again, entries = reopen(spool)
+
+    assert entries == []
+    assert list(again.incoming_dir.iterdir()) == []
+    assert entry_files(again) == []
+
+
+def test_spool_reserve_takes_up_to_the_limit_and_refuses_past_it(
+    spool: Spool,
+) -> None:
+    spool.reserve(9_999)
+    spool.reserve(1)
+
+    with pytest.raises(SpoolFull, match="HLSRELAY_SPOOL_MAX_BYTES"):
+        spool.reserve(1)
+    assert spool.used_bytes == 10_000
+
+
+def test_spool_body_past_the_limit_is_refused_and_leaves_entries_alone(
+    spool: Spool,
+) -> None:
+    kept = spool_put(spool, 1, b"k" * 6_000)
+    writer = spool.begin_body()
+
+    with pytest.raises(SpoolFull):
+        writer.write(b"x" * 5_000)
+    writer.abort()
+
+    again, entries = reopen(spool)
+    assert entries == [kept]
+    assert again.read_body(kept) == b"k" * 6_000
+    assert spool.used_bytes == 6_000
+
+
+def test_spool_full_disk_on_finish_is_disk_full(spool: Spool, tmp_path: Path) -> None:
+    # /dev/full takes writes into the buffer and fails the flush with ENOSPC,
+    # as a filling disk does; the link keeps abort() away from the device.
+    full = tmp_path / "full"
+    full.symlink_to("/dev/full")
+    writer = BodyWriter(spool, full)
+    writer.write(b"x" * 100)
+
+    with pytest.raises(DiskFull, match="disk is full"):
+        writer.finish()
+    writer.abort()
+    assert spool.used_bytes == 0
+    assert Path("/dev/full").exists()
+
+
+def test_spool_full_disk_on_metadata_releases_bytes_once(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kept = spool_put(spool, 1, b"k" * 50)
+    writer = spool.begin_body()
+    writer.write(b"x" * 100)
+    writer.finish()
+    entry = SpoolEntry(
+        seq=2, action="put", app="A", path="x.ts", key="streams/x.ts", size=100
+    )
+
+    def no_space(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(json, "dump", no_space)
+    with pytest.raises(DiskFull):
+        spool.commit_put(writer, entry)
+    writer.abort()  # what the uploader does on any failure
+    monkeypatch.undo()
+
+    assert spool.used_bytes == 50
+    again, entries = reopen(spool)
+    assert entries == [kept]
+    assert entry_files(again) == [f"{1:020d}.body", f"{1:020d}.json"]
