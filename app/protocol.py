@@ -1,0 +1,178 @@
+"""uvicorn's httptools protocol with the two limits it lacks: request heads.
+
+uvicorn (to at least 0.55) puts no bound on the size of a request line and
+headers, nor on the time a client may take to send them, so one slow or
+endless head holds a connection and its memory for as long as the client
+likes. Here a head longer than ``HLSRELAY_MAX_HEADER_BYTES`` gets 431, and
+one not finished within ``HLSRELAY_HEADER_TIMEOUT_S`` gets 408.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from app.config import Settings
+from app.transport import RelayHttpProtocol
+
+log = logging.getLogger(__name__)
+
+_REASONS = {408: "Request Timeout", 431: "Request Header Fields Too Large"}
+
+
+class LimitedHttpProtocol(RelayHttpProtocol):
+    """One instance per connection; the limits are class attributes set by
+    ``protocol_for``, since uvicorn builds protocols from the class alone."""
+
+    max_head_bytes = 16 * 1024
+    head_timeout_s = 10.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._in_head = True
+        self._head_bytes = 0
+        self._message_ended = False
+        self._refused = False
+        self._head_timer: asyncio.TimerHandle | None = None
+        # The size of a head parsed within one read, which the count in
+        # data_received cannot see, rebuilt from its parts.
+        self._parsed_head_bytes = 0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        # A connection that sends nothing at all is as idle as a slow head.
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return  # answered and closing: the rest is not parsed
+        if self._in_head and self._head_timer is None:
+            self._arm_head_timer()
+        self._message_ended = False
+        super().data_received(data)
+        if self._refused:
+            return
+        # httptools buffers a header until it is whole, so the size is counted
+        # here, on what arrives, not in on_header. A read in which a message
+        # ended is not counted: part of it was the previous body.
+        if self._in_head and not self._message_ended:
+            self._head_bytes += len(data)
+            if self._head_bytes > self.max_head_bytes:
+                self._refuse_head_size()
+
+    def on_message_begin(self) -> None:
+        self._parsed_head_bytes = 0
+        super().on_message_begin()
+
+    def on_url(self, url: bytes) -> None:
+        self._parsed_head_bytes += len(url)
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # "name: value" and CRLF, as a plain client writes it.
+        self._parsed_head_bytes += len(name) + len(value) + 4
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        if self._refused:
+            return
+        self._cancel_head_timer()
+        self._in_head = False
+        self._head_bytes = 0
+        # The rest of "PUT /url HTTP/1.1" CRLF (the url is counted already)
+        # and the blank line that ends the head.
+        method = self.parser.get_method()
+        self._parsed_head_bytes += len(method) + len(b"  HTTP/1.1\r\n\r\n")
+        if self._parsed_head_bytes > self.max_head_bytes:
+            # The whole head came in one read: too large all the same.
+            self._refuse_head_size()
+            return
+        super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if not self._refused:
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        self._message_ended = True
+        self._in_head = True
+        self._head_bytes = 0
+        if not self._refused:
+            super().on_message_complete()
+
+    def _arm_head_timer(self) -> None:
+        self._cancel_head_timer()
+        self._head_timer = self.loop.call_later(
+            self.head_timeout_s, self._head_timed_out
+        )
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if not self._in_head or self._refused or self.transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            # A pipelined head waits while the previous request is answered.
+            self._arm_head_timer()
+            return
+        log.info(
+            "closed connection client=%s: no complete request head within %gs",
+            _client(self.client),
+            self.head_timeout_s,
+        )
+        self._refuse(
+            408,
+            "request_timeout",
+            f"the request line and headers did not arrive within "
+            f"{self.head_timeout_s:g} s",
+        )
+
+    def _refuse_head_size(self) -> None:
+        log.warning(
+            "refused request client=%s status=431: request head passes %d bytes",
+            _client(self.client),
+            self.max_head_bytes,
+        )
+        self._refuse(
+            431,
+            "headers_too_large",
+            f"the request line and headers pass {self.max_head_bytes} bytes "
+            "(HLSRELAY_MAX_HEADER_BYTES)",
+        )
+
+    def _refuse(self, status: int, error: str, detail: str) -> None:
+        self._refused = True
+        self._cancel_head_timer()
+        body = json.dumps({"error": error, "detail": detail}).encode()
+        head = (
+            f"HTTP/1.1 {status} {_REASONS[status]}\r\n"
+            "content-type: application/json\r\n"
+            f"content-length: {len(body)}\r\n"
+            "connection: close\r\n\r\n"
+        ).encode("ascii")
+        self.transport.write(head + body)
+        self.transport.close()
+
+
+def _client(client: tuple[str, int] | None) -> str:
+    return client[0] if client else "unknown"
+
+
+def protocol_for(settings: Settings) -> type[LimitedHttpProtocol]:
+    """The protocol class for uvicorn.Config(http=...), with these limits."""
+
+    class ConfiguredHttpProtocol(LimitedHttpProtocol):
+        max_head_bytes = settings.max_header_bytes
+        head_timeout_s = settings.header_timeout_s
+
+    return ConfiguredHttpProtocol

@@ -1,0 +1,390 @@
+"""Hostile requests over real sockets to a real relay in front of SeaweedFS: each
+gets SPEC's status and ``{"error", "detail"}`` body (or, for framing the HTTP
+server itself rejects, its plain 400), and leaves the bucket and spool as they
+were."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import pytest
+from conftest import Relay
+from rawhttp import (
+    bucket_keys,
+    request_bytes,
+    send_raw,
+    spool_files,
+    start_relay,
+    wait_settled,
+)
+
+from app.locals3 import LocalS3
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3.client import S3Client
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "hostile-suite-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+MAX_MEDIA = 64 * 1024
+MAX_PLAYLIST = 4 * 1024
+MAX_HEAD = 8 * 1024
+STALL_S = 2
+
+RELAY_ENV = {
+    "HLSRELAY_AUTH_TOKEN": TOKEN,
+    "HLSRELAY_MAX_BODY_BYTES": str(MAX_MEDIA),
+    "HLSRELAY_MAX_PLAYLIST_BYTES": str(MAX_PLAYLIST),
+    "HLSRELAY_MAX_HEADER_BYTES": str(MAX_HEAD),
+    "HLSRELAY_BODY_IDLE_TIMEOUT_S": str(STALL_S),
+    "HLSRELAY_HEADER_TIMEOUT_S": str(STALL_S),
+}
+
+UPLOAD = "/LiveApp/hls-upload/"
+PLAYLIST_OK = b"#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2,\ns0.ts\n"
+
+
+@dataclass(frozen=True)
+class Hostile:
+    id: str
+    request: bytes
+    status: int
+    # SPEC's error name; None where the HTTP server itself refuses the framing
+    # and answers with its plain 400.
+    error: str | None
+
+
+def put(
+    target: str | bytes,
+    body: bytes = b"x",
+    *,
+    headers: dict[str, str] | None = None,
+    chunked: bool = False,
+    length: int | None = None,
+) -> bytes:
+    """An authorised PUT, so each case meets the check it is about."""
+    return request_bytes(
+        "PUT",
+        target,
+        body,
+        headers={**AUTH, **(headers or {})},
+        chunked=chunked,
+        length=length,
+    )
+
+
+def up(path: str) -> str:
+    return UPLOAD + path
+
+
+def raw_head(method: bytes, target: bytes, *headers: bytes) -> bytes:
+    lines = [method + b" " + target + b" HTTP/1.1", b"Host: 127.0.0.1"]
+    lines += [f"Authorization: Bearer {TOKEN}".encode(), *headers]
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+CASES = [
+    # Traversal, in its many spellings.
+    Hostile("dotdot", put(up("../x.ts")), 400, "invalid_path"),
+    Hostile("dotdot-deep", put(up("a/../../x.ts")), 400, "invalid_path"),
+    Hostile("dotdot-encoded", put(up("%2e%2e/x.ts")), 400, "invalid_path"),
+    Hostile("dotdot-upper", put(up("%2E%2E%2Fetc%2Fx.ts")), 400, "invalid_path"),
+    Hostile("dotdot-mixed", put(up("..%2fx.ts")), 400, "invalid_path"),
+    Hostile("dotdot-double", put(up("%252e%252e/x.ts")), 400, "invalid_path"),
+    Hostile("dotdot-overlong", put(up("%c0%ae%c0%ae/x.ts")), 400, "invalid_path"),
+    Hostile("dotdot-backslash", put(up("..%5cx.ts")), 400, "invalid_path"),
+    Hostile("dot-part", put(up("./a.ts")), 400, "invalid_path"),
+    Hostile("backslash", put(up("a\\b.ts")), 400, "invalid_path"),
+    # Separators where none may be.
+    Hostile("slash-in-app", put("/Live%2fApp/hls-upload/a.ts"), 400, "invalid_path"),
+    Hostile("slash-before", put("/LiveApp%2Fhls-upload/a.ts"), 400, "invalid_path"),
+    Hostile("slash-in-name", put(up("a%2fb.ts")), 400, "invalid_path"),
+    Hostile("empty-part", put(up("a//b.ts")), 400, "invalid_path"),
+    Hostile("leading-slash", put(up("/a.ts")), 400, "invalid_path"),
+    Hostile("trailing-slash", put(up("a/")), 400, "invalid_path"),
+    # NUL and control characters, escaped and raw.
+    Hostile("nul-escaped", put(up("a%00.ts")), 400, "invalid_path"),
+    Hostile("newline-escaped", put(up("a%0a.ts")), 400, "invalid_path"),
+    Hostile("crlf-injection", put(up("a%0d%0aX-Evil:%201.ts")), 400, "invalid_path"),
+    Hostile("tab-escaped", put(up("a%09b.ts")), 400, "invalid_path"),
+    Hostile("del-escaped", put(up("a%7f.ts")), 400, "invalid_path"),
+    Hostile("c1-escaped", put(up("a%c2%85.ts")), 400, "invalid_path"),
+    Hostile("control-in-app", put("/Live%01App/hls-upload/a.ts"), 400, "invalid_path"),
+    Hostile("nul-raw", put(UPLOAD.encode() + b"a\x00.ts"), 400, None),
+    Hostile("non-ascii", put(up("%C3%A9t%C3%A9.ts")), 400, "invalid_path"),
+    # Overlong names.
+    Hostile("path-513", put(up("a" * 510 + ".ts")), 400, "invalid_path"),
+    Hostile("app-65", put("/" + "A" * 65 + "/hls-upload/a.ts"), 400, "invalid_path"),
+    Hostile(
+        "request-line-huge", put(up("a/" * 5000 + "a.ts")), 431, "headers_too_large"
+    ),
+    # Extensions that are not media, key files among them.
+    Hostile("key-file", put(up("enc.key")), 415, "unsupported_media_type"),
+    Hostile("executable", put(up("a.exe")), 415, "unsupported_media_type"),
+    Hostile("no-extension", put(up("segment")), 415, "unsupported_media_type"),
+    Hostile("double-extension", put(up("a.ts.php")), 415, "unsupported_media_type"),
+    Hostile("near-m3u8", put(up("a.m3u8x")), 415, "unsupported_media_type"),
+    Hostile("semicolon", put(up("a.ts;.m3u8")), 400, "invalid_path"),
+    # Oversize bodies, declared and streamed.
+    Hostile(
+        "media-declared-too-big",
+        put(up("big.ts"), b"", length=MAX_MEDIA + 1),
+        413,
+        "body_too_large",
+    ),
+    Hostile(
+        "media-chunked-too-big",
+        put(up("big.ts"), b"a" * (MAX_MEDIA + 1), chunked=True),
+        413,
+        "body_too_large",
+    ),
+    Hostile(
+        "playlist-declared-too-big",
+        put(up("big.m3u8"), b"", length=MAX_PLAYLIST + 1),
+        413,
+        "body_too_large",
+    ),
+    Hostile(
+        "playlist-chunked-too-big",
+        put(up("big.m3u8"), PLAYLIST_OK.ljust(MAX_PLAYLIST + 1, b"#"), chunked=True),
+        413,
+        "body_too_large",
+    ),
+    Hostile(
+        "delete-with-body",
+        request_bytes("DELETE", up("a.ts"), b"a" * 70000, headers=AUTH),
+        413,
+        "body_too_large",
+    ),
+    # Content-Length that lies.
+    Hostile(
+        "length-longer-then-stall",
+        put(up("lie.ts"), b"only ten b", length=1000),
+        408,
+        "request_timeout",
+    ),
+    Hostile(
+        "length-shorter-than-playlist",
+        put(up("short.m3u8"), PLAYLIST_OK, length=4),
+        400,
+        "invalid_playlist",
+    ),
+    Hostile(
+        "length-and-chunked",
+        raw_head(
+            b"PUT",
+            up("smuggle.ts").encode(),
+            b"Content-Length: 4",
+            b"Transfer-Encoding: chunked",
+        )
+        + b"5\r\nhello\r\n0\r\n\r\n",
+        400,
+        None,
+    ),
+    Hostile(
+        "two-lengths",
+        raw_head(
+            b"PUT", up("two.ts").encode(), b"Content-Length: 3", b"Content-Length: 5"
+        )
+        + b"hello",
+        400,
+        None,
+    ),
+    Hostile(
+        "negative-length",
+        raw_head(b"PUT", up("neg.ts").encode(), b"Content-Length: -5") + b"hello",
+        400,
+        None,
+    ),
+    Hostile(
+        "length-not-a-number",
+        raw_head(b"PUT", up("nan.ts").encode(), b"Content-Length: 12abc") + b"hello",
+        400,
+        None,
+    ),
+    # Chunked encoding, malformed.
+    Hostile(
+        "chunk-size-not-hex",
+        raw_head(b"PUT", up("c.ts").encode(), b"Transfer-Encoding: chunked")
+        + b"zz\r\nhello\r\n0\r\n\r\n",
+        400,
+        None,
+    ),
+    Hostile(
+        "chunk-size-overflow",
+        raw_head(b"PUT", up("c.ts").encode(), b"Transfer-Encoding: chunked")
+        + b"ffffffffffffffffffff\r\nhello\r\n0\r\n\r\n",
+        400,
+        None,
+    ),
+    Hostile(
+        "chunk-missing-crlf",
+        raw_head(b"PUT", up("c.ts").encode(), b"Transfer-Encoding: chunked")
+        + b"5\r\nhelloXX0\r\n\r\n",
+        400,
+        None,
+    ),
+    Hostile(
+        "chunk-longer-then-stall",
+        raw_head(b"PUT", up("c.ts").encode(), b"Transfer-Encoding: chunked")
+        + b"400\r\nonly a few bytes",
+        408,
+        "request_timeout",
+    ),
+    Hostile(
+        "chunked-no-last-chunk",
+        raw_head(b"PUT", up("c.m3u8").encode(), b"Transfer-Encoding: chunked")
+        + b"%x\r\n%s\r\n" % (len(PLAYLIST_OK), PLAYLIST_OK),
+        408,
+        "request_timeout",
+    ),
+    # Playlists that are not playlists.
+    Hostile(
+        "playlist-not-utf8",
+        put(up("p.m3u8"), b"#EXTM3U\n#EXTINF:2,\n\xff\xfe.ts\n"),
+        400,
+        "invalid_playlist",
+    ),
+    Hostile(
+        "playlist-utf16",
+        put(up("p.m3u8"), "#EXTM3U\n#EXTINF:2,\ns0.ts\n".encode("utf-16")),
+        400,
+        "invalid_playlist",
+    ),
+    Hostile(
+        "playlist-html", put(up("p.m3u8"), b"<html>hi</html>"), 400, "invalid_playlist"
+    ),
+    Hostile("playlist-json", put(up("p.m3u8"), b'{"a": 1}'), 400, "invalid_playlist"),
+    Hostile("playlist-empty", put(up("p.m3u8"), b""), 400, "invalid_playlist"),
+    Hostile(
+        "playlist-nul",
+        put(up("p.m3u8"), b"#EXTM3U\n#EXTINF:2,\ns0\x00.ts\n"),
+        400,
+        "invalid_playlist",
+    ),
+    Hostile(
+        "playlist-broken-map",
+        put(up("p.m3u8"), b'#EXTM3U\n#EXT-X-MAP:URI="init.mp4\n#EXTINF:2,\ns0.m4s\n'),
+        400,
+        "invalid_playlist",
+    ),
+    # Credentials, and heads that are too big or too slow.
+    Hostile(
+        "no-credentials",
+        request_bytes("PUT", up("a.ts"), b"x"),
+        401,
+        "unauthorized",
+    ),
+    Hostile(
+        "wrong-token",
+        request_bytes(
+            "PUT", up("a.ts"), b"x", headers={"Authorization": "Bearer nope"}
+        ),
+        401,
+        "unauthorized",
+    ),
+    Hostile(
+        "token-as-basic",
+        request_bytes(
+            "PUT", up("a.ts"), b"x", headers={"Authorization": f"Basic {TOKEN}"}
+        ),
+        401,
+        "unauthorized",
+    ),
+    Hostile(
+        "header-too-big",
+        put(up("a.ts"), headers={"X-Pad": "p" * MAX_HEAD}),
+        431,
+        "headers_too_large",
+    ),
+    Hostile(
+        "many-headers",
+        put(up("a.ts"), headers={f"X-Pad-{n}": "p" for n in range(1500)}),
+        431,
+        "headers_too_large",
+    ),
+    Hostile(
+        "head-stalls",
+        b"PUT " + up("slow.ts").encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n",
+        408,
+        "request_timeout",
+    ),
+    # Methods the upload path does not take.
+    Hostile(
+        "get-media",
+        request_bytes("GET", up("a.ts"), headers=AUTH),
+        405,
+        "method_not_allowed",
+    ),
+    Hostile(
+        "patch-media",
+        request_bytes("PATCH", up("a.ts"), b"x", headers=AUTH),
+        405,
+        "method_not_allowed",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def hostile_relay(
+    local_s3: LocalS3, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Relay, str]]:
+    relay, bucket = start_relay(local_s3, tmp_path_factory.mktemp("hostile"), RELAY_ENV)
+    yield relay, bucket
+    relay.terminate()
+
+
+@pytest.fixture(scope="module")
+def s3(local_s3: LocalS3) -> S3Client:
+    return local_s3.client()
+
+
+def test_hostile_table_is_large_and_distinct() -> None:
+    assert len(CASES) >= 30
+    assert len({case.id for case in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+def test_hostile_request_is_refused_and_changes_nothing(
+    case: Hostile, hostile_relay: tuple[Relay, str], s3: S3Client
+) -> None:
+    relay, bucket = hostile_relay
+    wait_settled(relay)
+    keys_before = bucket_keys(s3, bucket)
+    spool_before = spool_files(relay.spool_dir)
+
+    response = send_raw(relay.port, case.request, timeout_s=STALL_S * 10)
+
+    assert response is not None, f"no answer; log:\n{relay.log_text()[-2000:]}"
+    assert response.status == case.status, response.body[:300]
+    if case.error is None:
+        assert response.status == 400
+    else:
+        assert response.header("content-type") == "application/json"
+        body = response.json()
+        assert set(body) == {"error", "detail"}
+        assert body["error"] == case.error
+        assert isinstance(body["detail"], str) and body["detail"]
+    if case.status == 401:
+        assert "Bearer" in (response.header("www-authenticate") or "")
+
+    wait_settled(relay)
+    assert bucket_keys(s3, bucket) == keys_before
+    assert spool_files(relay.spool_dir) == spool_before
+    assert relay.is_running
+
+
+def test_hostile_relay_stores_a_clean_request(
+    hostile_relay: tuple[Relay, str], s3: S3Client
+) -> None:
+    # The control: the same relay and checks do see a write that is allowed,
+    # so the table above cannot pass by watching the wrong bucket.
+    relay, bucket = hostile_relay
+    response = send_raw(relay.port, put(up("control/ok.ts"), b"a" * MAX_MEDIA))
+
+    assert response is not None and response.status == 201
+    wait_settled(relay)
+    assert "streams/control/ok.ts" in bucket_keys(s3, bucket)
