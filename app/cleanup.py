@@ -1,0 +1,472 @@
+"""Clean-up when a stream ends: the media server's ``publish_finished`` notice.
+
+After a grace period the stream's HLS objects are deleted, found by its own
+naming and playlists. The deletes go through the uploader like an encoder's,
+so the ordering guarantees hold and a newer publish of the stream is spared.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import posixpath
+import re
+from collections.abc import Iterable, Mapping, Set
+from dataclasses import dataclass, field
+
+import anyio.to_thread
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+from starlette.requests import ClientDisconnect
+
+from app import playlist
+from app.config import Settings
+from app.errors import (
+    BodyIncomplete,
+    BodyTooLarge,
+    InvalidNotice,
+    InvalidPath,
+    PlaylistError,
+    StorageError,
+    UnknownCommand,
+)
+from app.openapi import NOTICE_RESPONSES
+from app.paths import Upload, extension_of, is_valid_app, is_valid_path
+from app.routes import require_writer
+from app.storage import S3Storage
+from app.uploader import Uploader, backoff_delay
+
+log = logging.getLogger(__name__)
+
+NOTICE_PATH = "/{application}/hls-upload"
+KNOWN_COMMANDS = ("publish_finished",)
+MAX_NOTICE_BYTES = 64 * 1024
+
+# Files named "{stream}_..." with these extensions are the stream's own HLS
+# media. Other extensions (mp4 above all) go only when one of the stream's
+# playlists names them, as EXT-X-MAP does for an fMP4 init file: by name
+# alone they may be a recording or a preview, which outlive the stream.
+NAMED_EXTENSIONS = frozenset(
+    {"m3u8", "ts", "m4s", "aac", "ac3", "ec3", "vtt", "webvtt"}
+)
+# The media server names its multivariant playlist "{stream}_adaptive.m3u8".
+ADAPTIVE_SUFFIX = "_adaptive"
+# Waited when the stream's live window cannot be read from its playlist.
+FALLBACK_DELAY_S = 30.0
+
+_STREAM_ID = re.compile(r"[A-Za-z0-9._-]{1,200}")
+_EXTINF = re.compile(r"#EXTINF:[ \t]*([0-9]+(?:\.[0-9]+)?)")
+
+
+@dataclass(frozen=True)
+class Stream:
+    """Where a stream's files live: ``folder`` is an upload path, "" at the root."""
+
+    app: str
+    folder: str
+    name: str
+
+    def path(self, filename: str) -> str:
+        return f"{self.folder}/{filename}" if self.folder else filename
+
+
+@dataclass(eq=False)
+class _Job:
+    stream: Stream
+    stream_id: str
+    key_folder: str
+    prefix: str
+    # Keys PUT since the notice: a newer publish, whose files stay.
+    protected: set[str] = field(default_factory=set)
+    task: asyncio.Task[None] | None = None
+    fed: bool = False
+
+
+def parse_notice(application: str, body: bytes) -> tuple[str, Stream]:
+    """The stream id and where its files are, or the refusal of the notice."""
+    try:
+        notice = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidNotice(
+            'the body is not JSON; send {"streamId", "command", "filePath"}'
+        ) from None
+    if not isinstance(notice, dict):
+        raise InvalidNotice("the body must be a JSON object with streamId and command")
+
+    command = notice.get("command")
+    if not isinstance(command, str):
+        raise InvalidNotice("'command' is missing or not a string")
+    if command not in KNOWN_COMMANDS:
+        raise UnknownCommand(
+            f"command {command[:60]!r} is not known; known: "
+            + ", ".join(KNOWN_COMMANDS)
+        )
+
+    stream_id = notice.get("streamId")
+    if not isinstance(stream_id, str) or not _STREAM_ID.fullmatch(stream_id):
+        raise InvalidNotice(
+            "'streamId' must be 1 to 200 letters, digits, '.', '_' or '-'"
+        )
+    file_path = notice.get("filePath")
+    if file_path is None or file_path == "":
+        file_path = stream_id
+    if not isinstance(file_path, str):
+        raise InvalidNotice("'filePath' must be a string such as 'streams/stream1'")
+
+    # The media server gives the path below its application folder, where
+    # "streams/" is what it pushes to hls-upload; a playlist name means its stem.
+    path = file_path.removeprefix("streams/").removesuffix(".m3u8")
+    if not is_valid_path(path):
+        raise InvalidNotice(
+            f"'filePath' {file_path[:120]!r} must be a relative path of letters, "
+            "digits, '.', '_' or '-' parts, such as 'streams/stream1'"
+        )
+    folder, _, name = path.rpartition("/")
+    return stream_id, Stream(app=application, folder=folder, name=name)
+
+
+def live_window_s(text: str) -> float | None:
+    """The seconds of media a playlist lists (RFC 8216 4.3.2.1), None if none."""
+    durations = [float(m.group(1)) for m in _EXTINF.finditer(text)]
+    return sum(durations) if durations else None
+
+
+def select_stream_keys(
+    name: str,
+    keys: Iterable[str],
+    references: Mapping[str, Set[str]],
+    protected: Set[str],
+) -> tuple[list[str], list[str]]:
+    """Which of ``keys`` (one folder, as listed) are the stream's: (delete, kept).
+
+    ``references`` maps each of the stream's playlists that could be read to
+    the keys it names. ``kept`` are the stream's keys spared because a newer
+    publish wrote them or one of its playlists names them.
+    """
+    keys = list(keys)
+    own_playlists = set(references)
+    referenced = set().union(*references.values()) if references else set()
+    spared = set(protected)
+    for key in own_playlists & protected:
+        spared |= references[key]
+
+    # A playlist "{name}_x.m3u8" that is not one of the stream's is another
+    # stream called "{name}_x": its files look like ours but are not.
+    others = [
+        posixpath.basename(key)[: -len(".m3u8")]
+        for key in keys
+        if key.endswith(".m3u8") and key not in own_playlists
+    ]
+    others = [other for other in others if other.startswith(name + "_")]
+
+    delete: list[str] = []
+    kept: list[str] = []
+    for key in keys:
+        base = posixpath.basename(key)
+        if key in own_playlists or (key in referenced and base.startswith(name)):
+            ours = True
+        else:
+            ours = (
+                base.startswith(name + "_")
+                and extension_of(base) in NAMED_EXTENSIONS
+                and not any(base.startswith(other) for other in others)
+            )
+        if ours:
+            (kept if key in spared else delete).append(key)
+    return delete, kept
+
+
+class CleanupScheduler:
+    """Pending clean-ups, one per stream; a second notice starts the wait anew."""
+
+    def __init__(self, settings: Settings, uploader: Uploader, storage: S3Storage):
+        self.settings = settings
+        self.uploader = uploader
+        self.storage = storage
+        self._jobs: dict[Stream, _Job] = {}
+        self._by_folder: dict[str, list[_Job]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        uploader.intake_listeners.append(self._on_intake)
+
+    def schedule(self, stream: Stream, stream_id: str) -> None:
+        previous = self._jobs.get(stream)
+        if previous is not None and not previous.fed and previous.task is not None:
+            previous.task.cancel()
+        self._forget(previous)
+
+        prefix = self.settings.key_for(stream.app, stream.path(stream.name))
+        job = _Job(
+            stream=stream,
+            stream_id=stream_id,
+            key_folder=posixpath.dirname(prefix),
+            prefix=prefix,
+        )
+        self._jobs[stream] = job
+        self._by_folder.setdefault(job.key_folder, []).append(job)
+        job.task = asyncio.get_running_loop().create_task(self._run(job))
+        self._tasks.add(job.task)
+        job.task.add_done_callback(self._tasks.discard)
+
+    def stop(self) -> None:
+        """Cancel the clean-ups still waiting; they live in memory only.
+
+        Deletes already handed to the uploader are spooled and still happen.
+        """
+        for job in list(self._jobs.values()):
+            log.warning(
+                "clean-up not done, the relay is stopping stream=%s app=%s; "
+                "send publish_finished again once it runs",
+                job.stream_id,
+                job.stream.app,
+            )
+            self._forget(job)
+        for task in self._tasks:
+            task.cancel()
+
+    def _on_intake(self, key: str, action: str, seq: int) -> None:
+        if action != "put" or not self._by_folder:
+            return
+        folder, _, base = key.rpartition("/")
+        for job in self._by_folder.get(folder, ()):
+            if base.startswith(job.stream.name):
+                job.protected.add(key)
+
+    def _forget(self, job: _Job | None) -> None:
+        if job is None:
+            return
+        if self._jobs.get(job.stream) is job:
+            del self._jobs[job.stream]
+        jobs = self._by_folder.get(job.key_folder, [])
+        if job in jobs:
+            jobs.remove(job)
+        if not jobs:
+            self._by_folder.pop(job.key_folder, None)
+
+    async def _run(self, job: _Job) -> None:
+        stream = job.stream
+        try:
+            delay = self.settings.delete_on_end_delay_s
+            if delay is None:
+                delay = await self._live_window(job)
+            log.info(
+                "clean-up scheduled stream=%s app=%s prefix=%s delay_s=%g",
+                job.stream_id,
+                stream.app,
+                job.prefix,
+                delay,
+            )
+            await asyncio.sleep(delay)
+
+            keys = [
+                key
+                for key in await self._list(job.prefix)
+                if posixpath.dirname(key) == job.key_folder
+            ]
+            references = await self._read_playlists(job, set(keys))
+            # No await from here until receive_deletes has taken its sequence
+            # numbers: a PUT received after this check is ordered after the
+            # deletes, so the newest operation on each key still wins.
+            delete, kept = select_stream_keys(
+                stream.name, keys, references, job.protected
+            )
+            job.fed = True
+            self._forget(job)
+            futures = await self.uploader.receive_deletes(
+                [self._upload_for(stream, key) for key in delete]
+            )
+            log.info(
+                "clean-up started stream=%s app=%s deleting=%d kept_newer=%d",
+                job.stream_id,
+                stream.app,
+                len(delete),
+                len(kept),
+            )
+            await asyncio.gather(*futures)
+            log.info(
+                "clean-up done stream=%s app=%s deleted=%d kept_newer=%d method=%s",
+                job.stream_id,
+                stream.app,
+                len(delete),
+                len(kept),
+                "single" if self.storage.bulk_delete_refused else "bulk",
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.error(
+                "clean-up failed stream=%s app=%s",
+                job.stream_id,
+                stream.app,
+                exc_info=exc,
+            )
+        finally:
+            self._forget(job)
+
+    def _upload_for(self, stream: Stream, key: str) -> Upload:
+        base = posixpath.basename(key)
+        return Upload(
+            app=stream.app, path=stream.path(base), extension=extension_of(base)
+        )
+
+    async def _live_window(self, job: _Job) -> float:
+        """How long the stream's last playlist lasts: what a viewer may still play."""
+        name = job.stream.name
+        for base in (f"{name}.m3u8", f"{name}{ADAPTIVE_SUFFIX}.m3u8"):
+            key = f"{job.key_folder}/{base}" if job.key_folder else base
+            text = await self._read_text(key)
+            if text is None:
+                continue
+            window = live_window_s(text)
+            if window is None:
+                # A multivariant playlist lists no media: ask its first variant.
+                variants = [
+                    ref for ref in self._references(key, text) if ref.endswith(".m3u8")
+                ]
+                variant = await self._read_text(variants[0]) if variants else None
+                window = live_window_s(variant) if variant else None
+            if window is not None:
+                return window
+        return FALLBACK_DELAY_S
+
+    async def _list(self, prefix: str) -> list[str]:
+        attempt = 0
+        while True:
+            try:
+                return await anyio.to_thread.run_sync(self.storage.list_keys, prefix)
+            except StorageError as exc:
+                attempt += 1
+                delay = backoff_delay(attempt)
+                log.warning(
+                    "clean-up listing failed prefix=%s attempt=%d in_s=%.2f: %s",
+                    prefix,
+                    attempt,
+                    delay,
+                    exc.detail,
+                )
+                await asyncio.sleep(delay)
+
+    async def _read_playlists(
+        self, job: _Job, listed: Set[str]
+    ) -> dict[str, frozenset[str]]:
+        """The stream's playlists and what each names, variants included."""
+        name = job.stream.name
+        todo = [
+            key
+            for key in listed
+            if posixpath.basename(key)
+            in (f"{name}.m3u8", f"{name}{ADAPTIVE_SUFFIX}.m3u8")
+        ]
+        found: dict[str, frozenset[str]] = {}
+        while todo:
+            key = todo.pop()
+            if key in found:
+                continue
+            text = await self._read_text(key)
+            found[key] = frozenset(self._references(key, text)) if text else frozenset()
+            todo += [
+                ref
+                for ref in found[key]
+                if ref.endswith(".m3u8") and ref in listed and ref not in found
+            ]
+        return found
+
+    def _references(self, key: str, text: str) -> list[str]:
+        folder = posixpath.dirname(key)
+        refs = []
+        try:
+            uris = playlist.extract_references(text)
+        except PlaylistError:
+            return []
+        for uri in uris:
+            # Resolved as keys: the stream's keys share one folder.
+            resolved = playlist.resolve_reference("x", uri)
+            if resolved is not None:
+                refs.append(f"{folder}/{resolved}" if folder else resolved)
+        return refs
+
+    async def _read_text(self, key: str) -> str | None:
+        """The newest version of a playlist, spooled or in S3; None if unreadable."""
+        data = None
+        entry = self.uploader.newest_spooled(key)
+        if entry is not None:
+            try:
+                data = await anyio.to_thread.run_sync(
+                    self.uploader.spool.read_body, entry
+                )
+            except FileNotFoundError:
+                data = None
+        if data is None:
+            try:
+                data = await anyio.to_thread.run_sync(
+                    self.storage.get, key, self.settings.max_playlist_bytes
+                )
+            except StorageError as exc:
+                log.warning("clean-up could not read key=%s: %s", key, exc.detail)
+                return None
+        if data is None:
+            return None
+        try:
+            return playlist.decode_playlist(data)
+        except PlaylistError:
+            return None
+
+
+router = APIRouter()
+
+
+async def _read_notice(request: Request) -> bytes:
+    body = bytearray()
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_NOTICE_BYTES:
+                raise BodyTooLarge(f"a notice is at most {MAX_NOTICE_BYTES} bytes")
+    except ClientDisconnect:
+        raise BodyIncomplete("the client went away before the notice ended") from None
+    return bytes(body)
+
+
+@router.post(
+    NOTICE_PATH, dependencies=[Depends(require_writer)], responses=NOTICE_RESPONSES
+)
+# With a trailing slash too: operators copy the media server's endpoint with
+# one. This router comes before the upload routes, whose POST would take it.
+@router.post(
+    NOTICE_PATH + "/", dependencies=[Depends(require_writer)], include_in_schema=False
+)
+async def receive_notice(application: str, request: Request) -> JSONResponse:
+    """A media server's notice; on publish_finished the stream is cleaned up."""
+    if not is_valid_app(application):
+        raise InvalidPath(
+            f"application {application[:80]!r} must be 1 to 64 letters, digits, "
+            "'_' or '-'"
+        )
+    stream_id, stream = parse_notice(application, await _read_notice(request))
+
+    settings: Settings = request.app.state.relay.settings
+    if not settings.delete_on_end:
+        log.info(
+            "publish_finished ignored stream=%s app=%s: HLSRELAY_DELETE_ON_END is off",
+            stream_id,
+            application,
+        )
+        return JSONResponse(
+            {
+                "status": "ignored",
+                "detail": "clean-up on end is off (HLSRELAY_DELETE_ON_END)",
+            }
+        )
+    scheduler: CleanupScheduler = request.app.state.cleanup
+    scheduler.schedule(stream, stream_id)
+    delay = settings.delete_on_end_delay_s
+    return JSONResponse(
+        {
+            "status": "scheduled",
+            "stream": stream_id,
+            "delay_s": delay,
+            "detail": "the stream's HLS files are deleted after "
+            + (f"{delay:g} s" if delay is not None else "its live window"),
+        },
+        status_code=202,
+    )
