@@ -1,18 +1,23 @@
-"""Who may write: bearer tokens, HTTP basic credentials and client networks.
+"""Who may write: client networks, bearer tokens and HTTP basic credentials.
 
-One FastAPI dependency checks them all; comparisons are constant-time and no
-credential is ever logged.
+``HLSRELAY_ALLOW_CIDRS`` gates the client's address (403 outside it), while
+``HLSRELAY_AUTH_TOKEN`` and ``HLSRELAY_BASIC_AUTH`` are credentials of which any
+one valid is enough (401 with a challenge otherwise); set together, a writer
+needs both the network and a credential.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import hmac
 import ipaddress
 import logging
+from collections.abc import Iterable, Sequence
 
 from fastapi import Request
+from starlette.types import Scope
 
 from app.config import Settings
 from app.errors import Forbidden, Unauthorized
@@ -20,60 +25,170 @@ from app.errors import Forbidden, Unauthorized
 log = logging.getLogger(__name__)
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+REALM = "hlsrelay"
+
+
+def parse_networks(items: Iterable[str]) -> list[Network]:
+    return [ipaddress.ip_network(item, strict=False) for item in items]
+
+
+def _parse_address(text: str) -> Address | None:
+    """An address from a peer or an X-Forwarded-For hop, ports and brackets
+    stripped; IPv4-mapped IPv6 (a dual-stack socket) becomes plain IPv4."""
+    text = text.strip()
+    if text.startswith("["):
+        text = text[1:].partition("]")[0]
+    elif text.count(":") == 1:
+        text = text.partition(":")[0]
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        return address.ipv4_mapped
+    return address
+
+
+def _is_in(address: Address, networks: Sequence[Network]) -> bool:
+    return any(address in network for network in networks)
+
+
+def client_address(scope: Scope, trusted_proxies: Sequence[Network]) -> str:
+    """The client's address as CIDR rules and limits should see it.
+
+    X-Forwarded-For is read only when the peer itself is a trusted proxy,
+    from the right: each proxy appends the address it saw, so the first hop
+    that is not a trusted proxy is the client, and anything left of it was
+    written by the client and proves nothing. An unreadable hop yields "",
+    which no network contains.
+    """
+    peer = scope.get("client")
+    host = str(peer[0]) if peer else ""
+    address = _parse_address(host)
+    if address is None or not trusted_proxies or not _is_in(address, trusted_proxies):
+        return str(address) if address is not None else host
+
+    hops: list[str] = []
+    for name, value in scope.get("headers", []):
+        if name == b"x-forwarded-for":
+            # An empty entry says nothing; some proxies send an empty header.
+            hops += [h for h in value.decode("latin-1").split(",") if h.strip()]
+    for hop in reversed(hops):
+        hop_address = _parse_address(hop)
+        if hop_address is None:
+            return ""
+        address = hop_address
+        if not _is_in(address, trusted_proxies):
+            break
+    return str(address)
+
+
+def _digest(secret: bytes) -> bytes:
+    # Comparing fixed-length digests keeps even the secret's length out of
+    # the timing; hmac.compare_digest alone returns early on a length mismatch.
+    return hashlib.sha256(secret).digest()
 
 
 class WriteGuard:
-    """Checks a request against the configured authentication, if any."""
+    """Checks a request against the configured networks and credentials."""
 
     def __init__(self, settings: Settings) -> None:
-        self.tokens = [t.encode() for t in settings.auth_token]
-        self.basic = (
-            settings.basic_auth.get_secret_value().encode()
+        self._tokens = [_digest(token.encode()) for token in settings.auth_token]
+        self._basic = (
+            _digest(settings.basic_auth.get_secret_value().encode())
             if settings.basic_auth
             else None
         )
-        self.networks: list[Network] = [
-            ipaddress.ip_network(cidr, strict=False) for cidr in settings.allow_cidrs
-        ]
+        self.networks = parse_networks(settings.allow_cidrs)
+        self.trusted_proxies = parse_networks(settings.trusted_proxies)
+        self.protects_metrics = settings.metrics_auth
+        # RFC 9110 11.6.1: one challenge per accepted scheme. Basic comes
+        # first: ffmpeg reads only a value that starts with "Basic ".
+        challenges = []
+        if self._basic is not None:
+            challenges.append(f'Basic realm="{REALM}", charset="UTF-8"')
+        if self._tokens:
+            challenges.append(f'Bearer realm="{REALM}"')
+        self.challenge = ", ".join(challenges)
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self.tokens or self.basic or self.networks)
+    def client(self, request: Request) -> str:
+        return client_address(request.scope, self.trusted_proxies)
 
     def check(self, request: Request) -> None:
+        """Raise Forbidden or Unauthorized unless the request may write."""
         if self.networks:
             self._check_network(request)
-        if self.tokens or self.basic:
-            self._check_credentials(request.headers.get("authorization", ""))
+        if self._tokens or self._basic is not None:
+            self._check_credentials(request)
+
+    def check_metrics(self, request: Request) -> None:
+        if self.protects_metrics:
+            self.check(request)
 
     def _check_network(self, request: Request) -> None:
-        host = request.client.host if request.client else ""
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            raise Forbidden(
-                "the client address is not in HLSRELAY_ALLOW_CIDRS"
-            ) from None
-        if not any(address in network for network in self.networks):
-            log.warning("refused write from client=%s: not in allowed networks", host)
-            raise Forbidden(f"client {host} is not in HLSRELAY_ALLOW_CIDRS")
+        host = self.client(request)
+        address = _parse_address(host)
+        if address is None or not _is_in(address, self.networks):
+            log.warning(
+                "refused client=%s path=%s: not in HLSRELAY_ALLOW_CIDRS",
+                host or "unknown",
+                _raw_path(request),
+            )
+            raise Forbidden(f"client {host or 'unknown'} may not write here")
 
-    def _check_credentials(self, header: str) -> None:
-        scheme, _, value = header.partition(" ")
+    def _check_credentials(self, request: Request) -> None:
+        header = request.headers.get("authorization")
+        if header is None:
+            # ffmpeg asks first without credentials (Expect: 100-continue)
+            # and sends them only after this 401: routine, so not a warning.
+            log.debug(
+                "challenged client=%s path=%s", self.client(request), _raw_path(request)
+            )
+            raise Unauthorized(
+                "credentials are needed to write here", challenge=self.challenge
+            )
+
+        scheme, _, value = header.strip().partition(" ")
         scheme = scheme.lower()
         value = value.strip()
-        if scheme == "bearer" and self.tokens:
-            given = value.encode()
-            # Compare with every token, not stopping at a match, so timing
-            # tells nothing about which one (or whether any) matched.
-            matches = [hmac.compare_digest(given, token) for token in self.tokens]
-            if any(matches):
-                return
-        elif scheme == "basic" and self.basic is not None:
-            try:
-                given = base64.b64decode(value, validate=True)
-            except (binascii.Error, ValueError):
-                given = b""
-            if hmac.compare_digest(given, self.basic):
-                return
-        raise Unauthorized("missing or wrong credentials for writing")
+        if scheme == "bearer" and self._tokens and self._matches_token(value):
+            return
+        if scheme == "basic" and self._basic is not None and self._matches_basic(value):
+            return
+        log.warning(
+            "refused credentials client=%s scheme=%s path=%s",
+            self.client(request),
+            scheme[:20] or "none",
+            _raw_path(request),
+        )
+        raise Unauthorized(
+            "the credentials given are not accepted", challenge=self.challenge
+        )
+
+    def _matches_token(self, value: str) -> bool:
+        # Starlette decodes headers as latin-1: encoding back gives the bytes
+        # that were sent, which is what the configured token is compared with.
+        given = _digest(value.encode("latin-1"))
+        # Every token is compared, no early exit, so the time taken says
+        # nothing about which token (if any) matched.
+        matched = False
+        for token in self._tokens:
+            matched |= hmac.compare_digest(given, token)
+        return matched
+
+    def _matches_basic(self, value: str) -> bool:
+        assert self._basic is not None
+        try:
+            given = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            given = b""
+        return hmac.compare_digest(_digest(given), self._basic)
+
+
+def _raw_path(request: Request) -> str:
+    # The raw path is still percent-encoded, so a hostile name cannot put
+    # control characters into the log line.
+    raw: bytes = request.scope.get("raw_path") or b""
+    return raw.decode("latin-1")[:200]

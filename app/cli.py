@@ -9,52 +9,49 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import json
 import logging
 import sys
-import time
 from collections.abc import Sequence
-from typing import Any
 
 from pydantic import ValidationError
 
 from app import __version__
 from app.config import Settings
+from app.logs import (
+    ContextFilter,
+    JsonFormatter,
+    SecretRedactor,
+    TextFormatter,
+    secrets_of,
+)
 
 log = logging.getLogger("app.cli")
 
 
-class JsonFormatter(logging.Formatter):
-    """One JSON object a line, for log collectors."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "event": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False)
-
-
 def setup_logging(settings: Settings) -> None:
+    """One handler on stderr, text or JSON, that no configured secret gets past.
+
+    uvicorn's own loggers go through it too. Its access log stays off
+    (``access_log=False``): it logs at the response's start, so a PUT whose
+    encoder hung up before the answer (ffmpeg does) never shows, and it holds
+    the query string. ``app.access`` logs each request once it ends instead,
+    with route, status, duration and request id, in the same format.
+    """
     handler = logging.StreamHandler(sys.stderr)
+    redactor = SecretRedactor(secrets_of(settings))
     if settings.log_format == "json":
-        handler.setFormatter(JsonFormatter())
+        handler.setFormatter(JsonFormatter(redactor))
     else:
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
-        )
+        handler.setFormatter(TextFormatter(redactor))
+    handler.addFilter(ContextFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.upper())
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
-    # botocore's debug output holds request headers; keep it quiet.
+    # botocore's debug output holds request headers and signatures; it stays
+    # quiet even at HLSRELAY_LOG_LEVEL=debug.
     for name in ("botocore", "boto3", "s3transfer", "urllib3"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
@@ -106,6 +103,8 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from app.main import create_app
+    from app.protocol import protocol_for
+    from app.shutdown import RelayServer, graceful_timeout
 
     settings = load_settings(args)
     setup_logging(settings)
@@ -129,18 +128,123 @@ def serve(args: argparse.Namespace) -> int:
         )
         return 2
 
+    app = create_app(settings)
     config = uvicorn.Config(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_config=None,
         access_log=False,
-        timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None,
+        # The lifespan's uploader.stop gets what the requests leave of the
+        # same grace period (app/shutdown.py), not a second one.
+        timeout_graceful_shutdown=graceful_timeout(settings.shutdown_grace_s),
         server_header=False,
+        # Bounds on request heads, which uvicorn does not set itself.
+        http=protocol_for(settings),
+        # X-Forwarded-For is judged by app/auth.py against
+        # HLSRELAY_TRUSTED_PROXIES alone; uvicorn would otherwise believe it
+        # from any local peer (its FORWARDED_ALLOW_IPS default).
+        proxy_headers=False,
     )
-    server = uvicorn.Server(config)
+    server = RelayServer(config, app.state.shutdown)
     server.run()
     return 0 if server.started else 1
+
+
+_MARKS = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL"}
+
+
+def check(args: argparse.Namespace) -> int:
+    """Prove the bucket takes the relay's writes; 1 when a step fails."""
+    from app.paths import is_valid_app
+    from app.probe import describe, run_check
+
+    settings = load_settings(args)
+    setup_logging(settings)
+    if not is_valid_app(args.app):
+        print(
+            f"hlsrelay check: --app {args.app[:80]!r} is not an application "
+            "name (letters, digits, '_' and '-', 1 to 64)",
+            file=sys.stderr,
+        )
+        return 2
+    print("hlsrelay check")
+    for name, value in describe(settings):
+        print(f"  {name:<13}{value}")
+    print(flush=True)
+
+    failed = False
+    for step in run_check(settings, args.app):
+        print(f"  {_MARKS[step.status]} {step.name:<9} {step.detail}", flush=True)
+        if step.fix:
+            print(f"  {'':15}fix: {step.fix}", flush=True)
+        failed = failed or step.status == "fail"
+    if failed:
+        print("hlsrelay check: FAILED, see the fix above", file=sys.stderr)
+        return 1
+    print("hlsrelay check: the bucket takes the relay's writes, reads and deletes")
+    return 0
+
+
+def cors(args: argparse.Namespace) -> int:
+    """Write the bucket CORS rule a browser player needs, showing before and after."""
+    from app.bucketcors import (
+        OriginRefused,
+        check_origins,
+        differences,
+        format_rules,
+        merge_rules,
+        player_rule,
+        read_rules,
+        write_rules,
+    )
+    from app.errors import StorageError
+    from app.storage import S3Storage
+
+    settings = load_settings(args)
+    setup_logging(settings)
+    if not settings.s3_bucket:
+        print(
+            "hlsrelay cors: no bucket configured: set HLSRELAY_S3_BUCKET "
+            "(or --s3-bucket)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        origins = check_origins(
+            args.origin or settings.cors_origins, args.allow_any_origin
+        )
+    except OriginRefused as exc:
+        print(f"hlsrelay cors: {exc}", file=sys.stderr)
+        return 2
+
+    storage = S3Storage(settings)
+    rule = player_rule(origins)
+    try:
+        before = read_rules(storage)
+        print(f"CORS rules of bucket {settings.s3_bucket} before:")
+        print(format_rules(before), flush=True)
+        wanted = merge_rules(before, rule)
+        if args.dry_run:
+            print("would be (dry run: nothing written):")
+            print(format_rules(wanted))
+            return 0
+        after = write_rules(storage, wanted)
+    except StorageError as exc:
+        print(f"hlsrelay cors: {exc.detail}", file=sys.stderr)
+        return 1
+    print("after:")
+    print(format_rules(after))
+
+    lost = differences(rule, after)
+    if lost:
+        print(
+            "hlsrelay cors: the bucket did not keep all of the rule: "
+            + "; ".join(lost),
+            file=sys.stderr,
+        )
+        return 1
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -161,6 +265,40 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow a non-loopback address with no authentication",
     )
     serve_parser.set_defaults(func=serve)
+
+    check_parser = commands.add_parser(
+        "check",
+        help="prove the bucket works: write, read back and delete a probe object",
+    )
+    _add_setting_flags(check_parser)
+    check_parser.add_argument(
+        "--app",
+        default="LiveApp",
+        help="application name for {app} in the key template (default LiveApp)",
+    )
+    check_parser.set_defaults(func=check)
+
+    cors_parser = commands.add_parser(
+        "cors", help="set the bucket CORS rule a web player on ORIGIN needs"
+    )
+    _add_setting_flags(cors_parser)
+    cors_parser.add_argument(
+        "--origin",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="page origin, e.g. https://player.example.com; repeat for more "
+        "(default HLSRELAY_CORS_ORIGINS)",
+    )
+    cors_parser.add_argument(
+        "--allow-any-origin",
+        action="store_true",
+        help="accept --origin '*': any web site may read the bucket",
+    )
+    cors_parser.add_argument(
+        "--dry-run", action="store_true", help="show the rules, write nothing"
+    )
+    cors_parser.set_defaults(func=cors)
     return parser
 
 

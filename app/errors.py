@@ -6,9 +6,14 @@ RelayError
  +-- UnsupportedMedia     415, the extension is not accepted
  +-- BodyTooLarge         413, the body passes the configured limit
  +-- BodyIncomplete       400, the client went away before the body was whole
+ +-- InvalidNotice        400, a media-server notice is not the JSON it must be
+ +-- UnknownCommand       400, a notice names a command the relay does not know
  +-- NotFound             404
  +-- MethodNotAllowed     405
- +-- Unauthorized         401, Forbidden 403
+ +-- Unauthorized         401 with a challenge, Forbidden 403
+ +-- RequestTimeout       408, the body stalled or took too long
+ +-- TooManyUploads       429 with Retry-After, one client has too many open
+ +-- ServerBusy           503 with Retry-After, the relay has too many open
  +-- SpoolFull            503 with Retry-After, the spool passed its size limit
  +-- DiskFull             507, the spool's disk has no room
  +-- StorageError         S3 refused in a way retrying cannot fix
@@ -54,6 +59,16 @@ class BodyTooLarge(RelayError):
     error = "body_too_large"
 
 
+class InvalidNotice(RelayError):
+    status = 400
+    error = "invalid_notice"
+
+
+class UnknownCommand(RelayError):
+    status = 400
+    error = "unknown_command"
+
+
 class NotFound(RelayError):
     status = 404
     error = "not_found"
@@ -65,8 +80,37 @@ class MethodNotAllowed(RelayError):
 
 
 class Unauthorized(RelayError):
+    """``challenge`` is the WWW-Authenticate value naming the schemes accepted."""
+
     status = 401
     error = "unauthorized"
+
+    def __init__(self, detail: str, *, challenge: str = "") -> None:
+        super().__init__(detail)
+        self.challenge = challenge
+
+
+class RequestTimeout(RelayError):
+    """The body stalled or took too long; nothing of it was kept."""
+
+    status = 408
+    error = "request_timeout"
+
+
+class TooManyUploads(RelayError):
+    """One client has too many uploads open at once (RFC 6585 4)."""
+
+    status = 429
+    error = "too_many_uploads"
+    retry_after = 1
+
+
+class ServerBusy(RelayError):
+    """The relay as a whole has as many uploads open as it takes."""
+
+    status = 503
+    error = "server_busy"
+    retry_after = 1
 
 
 class Forbidden(RelayError):

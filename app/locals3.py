@@ -29,6 +29,9 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from app.player import DEFAULT_PORT as PLAYER_PORT
+from app.player import PlayerError, PlayerServer, install_hlsjs
+
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
@@ -118,8 +121,12 @@ class LocalS3:
         secret_key: str | None = None,
         start_timeout_s: float = 30.0,
         weed: str | None = None,
+        volume_size_mb: int = 16,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
+        # Each time a volume fills, writes wait ~0.2 s for a new one: fine for
+        # tests, a stall every 16 MiB for a benchmark, which asks for more.
+        self.volume_size_mb = volume_size_mb
         self.access_key = access_key
         self.secret_key = secret_key or secrets.token_hex(20)
         self.start_timeout_s = start_timeout_s
@@ -138,6 +145,14 @@ class LocalS3:
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def filer_address(self) -> str:
+        """The filer as weed's tools name it: host:httpPort.grpcPort."""
+        if self._proc is None:
+            raise LocalS3Error("the local S3 server is not running")
+        ports = self._ports
+        return f"127.0.0.1:{ports['filer.port']}.{ports['filer.port.grpc']}"
 
     @property
     def pid(self) -> int:
@@ -286,7 +301,7 @@ class LocalS3:
             "-master.telemetry=false",
             # Volumes are files of up to this size; mini's default is 128 MB and
             # the volume count grows with free disk, so keep each one small.
-            "-master.volumeSizeLimitMB=16",
+            f"-master.volumeSizeLimitMB={self.volume_size_mb}",
             f"-s3.config={config_path}",
             "-webdav=false",
             "-admin.ui=false",
@@ -414,6 +429,7 @@ def _print_banner(s3: LocalS3, relay_url: str, player_key: str, upload: str) -> 
         "",
         "Play it from the bucket:",
         f"  ffplay {s3.url_for(DEV_BUCKET, player_key)}",
+        "  or in a browser: `make play` pushes a stream and serves a player page",
         "",
         "Ctrl-C stops the relay, then the local S3.",
         "",
@@ -421,8 +437,11 @@ def _print_banner(s3: LocalS3, relay_url: str, player_key: str, upload: str) -> 
     print("\n".join(lines), flush=True)
 
 
-def demo(seconds: float = 20.0) -> int:
-    """`make demo`: push a short test stream to the running relay."""
+def demo(seconds: float | None = 20.0, play: bool = False) -> int:
+    """`make demo`: push a short test stream to the running relay.
+
+    With `play` (`make play`) it also serves the browser player page for it.
+    """
     run_file = Path.cwd() / ".local" / "run.json"
     host = os.environ.get("HLSRELAY_HOST", "127.0.0.1")
     port = os.environ.get("HLSRELAY_PORT", "5080")
@@ -452,16 +471,44 @@ def demo(seconds: float = 20.0) -> int:
     key = template.replace("{app}", "LiveApp").replace("{path}", "demo.m3u8")
     where = f"{endpoint}/{bucket}/{key}" if endpoint else f"s3://{bucket}/{key}"
     upload = f"{relay_url}/LiveApp/hls-upload/demo.m3u8"
-    print(f"Pushing a {seconds:g} s test pattern to {upload}")
+    player = _serve_player(where if endpoint else None) if play else None
+    if play and player is None:
+        return 1
+    length = "an endless" if seconds is None else f"a {seconds:g} s"
+    print(f"Pushing {length} test pattern to {upload} (Ctrl-C stops it)")
     print(f"Play it while it runs: ffplay {where}", flush=True)
     command = _ffmpeg_args(upload, seconds)
     command[1:1] = ["-hide_banner", "-loglevel", "warning", "-nostdin"]
+    # subprocess.run kills ffmpeg on any exception: a SIGTERM must not leave
+    # an endless `make play` stream running without us.
+    signal.signal(signal.SIGTERM, _raise_shutdown)
     try:
         code = subprocess.run(command, check=False).returncode
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _Shutdown):
         return 130
+    finally:
+        if player is not None:
+            player.stop()
     print(f"Done (ffmpeg exit code {code}). The playlist in the bucket: {where}")
     return code
+
+
+def _serve_player(playlist_url: str | None) -> PlayerServer | None:
+    """The page tests/test_browser.py plays in Chromium, for a desktop browser."""
+    try:
+        hlsjs = install_hlsjs(Path.cwd())
+        player = PlayerServer(hlsjs, port=PLAYER_PORT).start()
+    except PlayerError as exc:
+        print(f"The player page cannot be served: {exc}")
+        return None
+    if playlist_url is None:
+        print(f"Player page: {player.origin}/?src=<public URL of the playlist>")
+    else:
+        print(f"Watch it in a browser: {player.url_for(playlist_url)}")
+    # SeaweedFS lets any origin read a bucket with no CORS rules; other
+    # providers let none, and a bucket with rules needs one for this page.
+    print(f"  (a bucket with CORS rules needs: hlsrelay cors --origin {player.origin})")
+    return player
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -471,6 +518,9 @@ def main(argv: list[str] | None = None) -> int:
     """
     args = sys.argv[1:] if argv is None else argv
     if args[:1] == ["demo"]:
+        # `make play`: the player page too, and a stream until Ctrl-C.
+        if "--play" in args[1:]:
+            return demo(seconds=None, play=True)
         return demo()
     if os.environ.get("HLSRELAY_S3_BUCKET"):
         _exec_relay(args)

@@ -18,6 +18,8 @@ _PART_RE = re.compile(r"[A-Za-z0-9._-]+")
 # Percent-encoded '/' or '\' would smuggle a separator past the router; other
 # escapes decode to characters that the part rule then judges.
 _ENCODED_SEPARATOR_RE = re.compile(r"%(2f|5c)", re.IGNORECASE)
+# C0, DEL and C1 controls, as uvicorn leaves them after decoding escapes.
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 CONTENT_TYPES = {
     "m3u8": "application/vnd.apple.mpegurl",
@@ -78,14 +80,26 @@ def extension_of(path: str) -> str:
     return name.rsplit(".", 1)[-1].lower() if "." in name else ""
 
 
+def check_request_path(path: str, raw_path: bytes) -> None:
+    """Refuse what no route of the relay may see, before routing.
+
+    The router would answer such paths with 404, or match them wrongly: its
+    ``{path:path}`` stops at a newline, and an escaped '/' in the application
+    moves every part along. SPEC makes both a 400, for every route.
+    """
+    if _CONTROL_RE.search(path):
+        raise InvalidPath("the path holds a control character")
+    if _ENCODED_SEPARATOR_RE.search(raw_path.decode("latin-1")):
+        raise InvalidPath("the path holds a percent-encoded separator")
+
+
 def parse_upload(app: str, path: str, raw_path: bytes, extensions: list[str]) -> Upload:
     """Check an application and path from a request, or raise the refusal."""
     if not is_valid_app(app):
         raise InvalidPath(
             f"application {app[:80]!r} must be 1 to 64 letters, digits, '_' or '-'"
         )
-    if _ENCODED_SEPARATOR_RE.search(raw_path.decode("latin-1")):
-        raise InvalidPath("the path holds a percent-encoded separator")
+    check_request_path(path, raw_path)
     if not is_valid_path(path):
         raise InvalidPath(
             f"path {path[:120]!r} must be '/'-separated parts of letters, digits, "

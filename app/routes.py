@@ -29,7 +29,16 @@ from app.errors import (
     RelayError,
 )
 from app.metrics import Metrics
+from app.openapi import (
+    DELETE_RESPONSES,
+    GET_PLAYLIST_RESPONSES,
+    METRICS_RESPONSES,
+    PUT_BODY,
+    PUT_RESPONSES,
+    READY_RESPONSES,
+)
 from app.paths import Upload, parse_upload
+from app.readiness import Readiness
 from app.storage import S3Storage
 from app.uploader import Uploader
 
@@ -58,8 +67,16 @@ def get_relay(request: Request) -> Relay:
     return relay
 
 
-def require_writer(request: Request) -> None:
+# Async on purpose: FastAPI runs a plain def dependency in a worker thread,
+# where a request can overtake one that arrived before it and take an earlier
+# sequence number, so an older playlist version would win. The check is a few
+# hashes, fine on the event loop.
+async def require_writer(request: Request) -> None:
     get_relay(request).guard.check(request)
+
+
+async def require_metrics_reader(request: Request) -> None:
+    get_relay(request).guard.check_metrics(request)
 
 
 def _upload(relay: Relay, application: str, path: str, request: Request) -> Upload:
@@ -87,7 +104,21 @@ async def _body(request: Request) -> AsyncIterator[bytes]:
         ) from None
 
 
-@router.put(UPLOAD_PATH, status_code=201, dependencies=[Depends(require_writer)])
+@router.put(
+    UPLOAD_PATH,
+    status_code=201,
+    dependencies=[Depends(require_writer)],
+    responses=PUT_RESPONSES,
+    openapi_extra=PUT_BODY,
+)
+# POST is ffmpeg's HTTP output method when -method is not given, and ffmpeg
+# (5.1 at least) POSTs the WebVTT subtitle playlist even with -method PUT.
+@router.post(
+    UPLOAD_PATH,
+    status_code=201,
+    dependencies=[Depends(require_writer)],
+    include_in_schema=False,
+)
 async def put_file(application: str, path: str, request: Request) -> JSONResponse:
     """Store a playlist or media file; answered once it is durable."""
     relay = get_relay(request)
@@ -110,7 +141,12 @@ async def put_file(application: str, path: str, request: Request) -> JSONRespons
     return JSONResponse({"key": receipt.key, "size": receipt.size}, status_code=201)
 
 
-@router.delete(UPLOAD_PATH, status_code=204, dependencies=[Depends(require_writer)])
+@router.delete(
+    UPLOAD_PATH,
+    status_code=204,
+    dependencies=[Depends(require_writer)],
+    responses=DELETE_RESPONSES,
+)
 async def delete_file(application: str, path: str, request: Request) -> Response:
     """Delete an object; 204 also when it was never there."""
     relay = get_relay(request)
@@ -125,7 +161,11 @@ async def delete_file(application: str, path: str, request: Request) -> Response
     return Response(status_code=204)
 
 
-@router.get(UPLOAD_PATH, dependencies=[Depends(require_writer)])
+@router.get(
+    UPLOAD_PATH,
+    dependencies=[Depends(require_writer)],
+    responses=GET_PLAYLIST_RESPONSES,
+)
 async def get_playlist(application: str, path: str, request: Request) -> Response:
     """The newest version of a playlist, as ffmpeg's append_list reads it."""
     relay = get_relay(request)
@@ -158,17 +198,11 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses=READY_RESPONSES)
 async def readyz(request: Request) -> JSONResponse:
-    """Readiness: the bucket answers and the spool can be written."""
-    relay = get_relay(request)
-    problems = []
-    if not await anyio.to_thread.run_sync(relay.uploader.spool.is_writable):
-        problems.append("the spool is not writable")
-    try:
-        await anyio.to_thread.run_sync(relay.storage.check_bucket)
-    except RelayError as exc:
-        problems.append(exc.detail)
+    """Readiness: the bucket answers, uploads work, the spool has room."""
+    readiness: Readiness = request.app.state.readiness
+    problems = await readiness.check()
     if problems:
         return JSONResponse(
             {"status": "not ready", "problems": problems}, status_code=503
@@ -176,7 +210,11 @@ async def readyz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ready"})
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    dependencies=[Depends(require_metrics_reader)],
+    responses=METRICS_RESPONSES,
+)
 async def metrics(request: Request) -> Response:
     """Prometheus text format."""
     registry = get_relay(request).metrics.registry
@@ -200,14 +238,18 @@ def install_error_handlers(app: FastAPI) -> None:
         retry_after = getattr(exc, "retry_after", None)
         if retry_after is not None:
             headers = {"Retry-After": str(retry_after)}
-        if exc.status == 401:
-            headers = {"WWW-Authenticate": 'Basic realm="hlsrelay", Bearer'}
+        challenge = getattr(exc, "challenge", "")
+        if challenge:
+            headers = {"WWW-Authenticate": challenge}
         level = (
             logging.WARNING if exc.status >= 500 or exc.status == 413 else logging.INFO
         )
+        if exc.status in (401, 403):
+            # auth.py logged it already, with the client's address.
+            level = logging.DEBUG
         log.log(
             level,
-            "refused method=%s path=%s status=%d error=%s: %s",
+            "refused method=%s path=%r status=%d error=%s: %s",
             request.method,
             request.url.path[:200],
             exc.status,
@@ -229,7 +271,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.error(
-            "unexpected error method=%s path=%s",
+            "unexpected error method=%s path=%r",
             request.method,
             request.url.path[:200],
             exc_info=exc,
