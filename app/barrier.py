@@ -202,16 +202,21 @@ class SegmentBarrier:
     def next_deadline(self) -> float | None:
         return self._deadlines[0][0] if self._deadlines else None
 
-    def base_for(self, key: str, seq: int) -> Published | None:
-        """The published version a new version of ``key`` may extend.
+    def base_for(self, key: str, seq: int) -> Published | PlaylistVersion | None:
+        """The version a new version of ``key`` follows, which it may extend.
 
-        Only when no earlier operation on the key is still pending: otherwise
-        the version it follows is not the published one.
+        The newest durable version still pending when there is one (S3 slow,
+        an encoder quicker than its uploads), else the published one; None
+        when an earlier operation on the key is still arriving or a delete.
         """
+        base: Published | PlaylistVersion | None = self._published.get(key)
         for op in self._queues.get(key, ()):
-            if op.seq < seq:
+            if op.seq >= seq:
+                break
+            if op.state is State.RECEIVING or op.version is None:
                 return None
-        return self._published.get(key)
+            base = op.version
+        return base
 
     def newest_payload(self, key: str) -> object:
         """The payload of the newest durable operation on ``key``, if pending."""

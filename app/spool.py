@@ -9,6 +9,7 @@ discarded, never uploaded.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -39,6 +40,27 @@ class SpoolEntry:
     crc32: int = 0
 
 
+def _parse_entry(text: str) -> SpoolEntry:
+    """An entry from its metadata, with every field of the type it must have.
+
+    Metadata is only ever renamed into place whole, so a file that fails here
+    was damaged after the fact; uploading what it says could write anywhere.
+    """
+    data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    entry = SpoolEntry(**data)
+    ints = (entry.seq, entry.size, entry.crc32)
+    if any(type(value) is not int or value < 0 for value in ints):
+        raise ValueError("seq, size and crc32 must be whole numbers")
+    if entry.action not in ("put", "delete"):
+        raise ValueError(f"unknown action {entry.action!r}")
+    texts = (entry.app, entry.path, entry.key, entry.content_type)
+    if not all(isinstance(value, str) for value in texts) or not entry.key:
+        raise ValueError("app, path, key and content_type must be text")
+    return entry
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -64,6 +86,9 @@ class BodyWriter:
         self.path = path
         self.size = 0
         self.crc32 = 0
+        # Set once the body is an entry or thrown away: from then on its
+        # bytes are the entry's to release, or already released.
+        self._settled = False
         self._file = open(path, "wb")  # noqa: SIM115 - closed in commit/abort
 
     def write(self, data: bytes) -> None:
@@ -81,15 +106,26 @@ class BodyWriter:
         try:
             self._file.flush()
             os.fsync(self._file.fileno())
-        except OSError as exc:
-            _raise_disk_error(exc, str(self.path))
-        finally:
             self._file.close()
+        except OSError as exc:
+            # close() flushes again and would raise the same ENOSPC, hiding
+            # the DiskFull that the client must get; the fd is closed anyway.
+            with contextlib.suppress(OSError):
+                self._file.close()
+            _raise_disk_error(exc, str(self.path))
+
+    def hand_over(self) -> None:
+        """The body became an entry: its bytes are the entry's to release now."""
+        self._settled = True
 
     def abort(self) -> None:
-        self._file.close()
+        """Throw the body away; safe to call more than once."""
+        with contextlib.suppress(OSError):
+            self._file.close()
         self.path.unlink(missing_ok=True)
-        self._spool.release(self.size)
+        if not self._settled:
+            self._settled = True
+            self._spool.release(self.size)
 
 
 class Spool:
@@ -136,8 +172,10 @@ class Spool:
 
     def _load(self, meta: Path) -> SpoolEntry | None:
         try:
-            entry = SpoolEntry(**json.loads(meta.read_text("utf-8")))
-        except (ValueError, TypeError) as exc:
+            entry = _parse_entry(meta.read_text("utf-8"))
+            if f"{entry.seq:020d}" != meta.stem:
+                raise ValueError(f"it names seq {entry.seq}")
+        except (ValueError, TypeError, OSError) as exc:
             log.warning("spool discarding unreadable entry file=%s: %s", meta.name, exc)
             return None
         if entry.action == "put" and not self._body_is_whole(entry):
@@ -186,6 +224,9 @@ class Spool:
         except OSError as exc:
             writer.abort()
             _raise_disk_error(exc, entry.key)
+        # _write_meta releases the bytes if it fails; a later abort() of the
+        # writer must not release them twice.
+        writer.hand_over()
         self._write_meta(entry)
 
     def commit_delete(self, entry: SpoolEntry) -> None:

@@ -14,7 +14,7 @@ import hashlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import anyio
 import anyio.to_thread
 
-from app import playlist
+from app import logs, playlist
 from app.barrier import Operation, PlaylistVersion, SegmentBarrier
 from app.config import Settings
 from app.errors import (
@@ -36,7 +36,7 @@ from app.errors import (
 from app.metrics import Metrics
 from app.paths import Upload
 from app.spool import BodyWriter, Spool, SpoolEntry
-from app.storage import S3Storage
+from app.storage import S3Storage, watch_failed_tries
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,10 @@ T = TypeVar("T")
 WRITE_SLICE = 256 * 1024
 BACKOFF_BASE_S = 0.2
 BACKOFF_CAP_S = 30.0
+# One failed call is not an outage (C02: a provider that refuses the first
+# tries of many requests still takes traffic); this long with nothing but
+# failures is, for /readyz and for refusing PUTs in upload mode.
+STORAGE_DOWN_AFTER_S = 3.0
 
 
 @dataclass(frozen=True)
@@ -58,7 +62,10 @@ class Receipt:
 
 def backoff_delay(attempt: int) -> float:
     """Full-jitter exponential backoff, capped."""
-    return random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**attempt))
+    # The exponent is bounded too: past attempt 1024 (some hours of an
+    # outage at the cap) 2**attempt no longer fits a float, and the
+    # OverflowError would end the retries of an acknowledged file.
+    return random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** min(attempt, 30)))
 
 
 def _digest(data: bytes | bytearray | memoryview) -> bytes:
@@ -81,15 +88,46 @@ class Uploader:
         self.barrier = barrier or SegmentBarrier(settings.segment_wait_s)
         self._next_seq = 1
         self._acks: dict[int, asyncio.Future[None]] = {}
+        # Told (key, action, seq) of each operation as it is received, before
+        # anything is awaited; the clean-up spots a new publish this way.
+        self.intake_listeners: list[Callable[[str, str, int], None]] = []
+        # Deletes of a clean-up, applied together by _run_delete_batch.
+        self._bulk: set[int] = set()
+        # PUTs whose last attempt may have left a multipart upload behind.
+        self._maybe_orphaned: set[int] = set()
+        # When each playlist version was spooled, for the barrier-wait metric.
+        self._queued_at: dict[int, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._executor = ThreadPoolExecutor(
             max_workers=settings.upload_concurrency, thread_name_prefix="s3"
         )
         self._deadline_changed = asyncio.Event()
         self._timer: asyncio.Task[None] | None = None
-        self.storage_ok = True
+        # Since when every S3 call has failed; None while the last one worked.
+        self._failing_since: float | None = None
         self.storage_problem = ""
-        self._failing_keys: set[str] = set()
+        self._logged_refusals: set[str] = set()
+        # Set by stop(): a retry ends instead of sleeping, and what it was
+        # trying stays in the spool for the next start.
+        self._stopping = False
+        self._stop_requested = asyncio.Event()
+        # A test may hand in a storage without a botocore client.
+        client = getattr(storage, "client", None)
+        if client is not None:
+            watch_failed_tries(client, storage.bucket, self._note_failed_try)
+
+    @property
+    def storage_ok(self) -> bool:
+        """False once S3 calls have failed, with no success between, for a while."""
+        since = self._failing_since
+        return since is None or time.monotonic() - since < STORAGE_DOWN_AFTER_S
+
+    @storage_ok.setter
+    def storage_ok(self, ok: bool) -> None:
+        if ok:
+            self._failing_since = None
+        elif self._failing_since is None:
+            self._failing_since = time.monotonic()
 
     # -- life cycle ------------------------------------------------------
 
@@ -103,6 +141,8 @@ class Uploader:
             )
         for entry in entries:
             self.barrier.begin(entry.seq, entry.key, entry.action, _is_playlist(entry))
+            if entry.action == "put":
+                self._maybe_orphaned.add(entry.seq)
             version = None
             if entry.action == "put" and _is_playlist(entry):
                 data = await anyio.to_thread.run_sync(self.spool.read_body, entry)
@@ -114,20 +154,40 @@ class Uploader:
         self._pump()
 
     async def stop(self, grace_s: float) -> None:
-        """Let running uploads finish within the grace period; the rest stay spooled."""
+        """Return within ``grace_s``: calls under way may finish, retries end.
+
+        What S3 has not taken by then stays in the spool, whole, and the next
+        start replays it; S3 applies a PutObject entirely or not at all.
+        """
+        deadline = time.monotonic() + grace_s
+        self._stopping = True
+        self._stop_requested.set()
         if self._timer is not None:
             self._timer.cancel()
-        running = [t for t in self._tasks if not t.done()]
-        if running:
-            _, left = await asyncio.wait(running, timeout=grace_s)
-            for task in left:
-                task.cancel()
-            if left:
-                log.warning(
-                    "shutdown left operations in the spool for the next start count=%d",
-                    len(left),
-                )
+        # Operations may still start while others finish (a stored segment
+        # releases its playlist); those are waited for too, in the same time.
+        while self._tasks and (left := deadline - time.monotonic()) > 0:
+            await asyncio.wait(
+                set(self._tasks), timeout=left, return_when=asyncio.FIRST_COMPLETED
+            )
+        unfinished = [task for task in self._tasks if not task.done()]
+        for task in unfinished:
+            task.cancel()
+        if unfinished:
+            # A cancelled task is only waiting on a worker thread or a sleep;
+            # S3 calls still in threads are abandoned with the process.
+            await asyncio.wait(unfinished, timeout=1.0)
+            log.warning(
+                "shutdown left operations in the spool for the next start count=%d",
+                len(unfinished),
+            )
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _pause(self, delay: float) -> bool:
+        """Wait before a retry; False when the relay is stopping instead."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop_requested.wait(), delay)
+        return not self._stopping
 
     # -- intake ----------------------------------------------------------
 
@@ -137,6 +197,8 @@ class Uploader:
         self.barrier.begin(
             seq, key, "put" if action == "put" else "delete", is_playlist
         )
+        for listener in self.intake_listeners:
+            listener(key, action, seq)
         return seq
 
     def check_can_accept(self, declared_size: int | None) -> None:
@@ -197,6 +259,9 @@ class Uploader:
                 )
                 writer = None
                 ack = self._watch_ack(seq)
+                if version is not None:
+                    self._queued_at[seq] = time.monotonic()
+                    self.metrics.streams.note(upload.app, key)
                 self.barrier.commit(seq, entry, version)
                 self.metrics.received_bytes.labels(upload.app).inc(size)
                 self.metrics.body_bytes.labels(upload.kind).observe(size)
@@ -241,14 +306,55 @@ class Uploader:
             self._pump()
         return key
 
+    async def receive_deletes(
+        self, uploads: Sequence[Upload]
+    ) -> list[asyncio.Future[None]]:
+        """Queue many deletes at once (a stream's clean-up), applied in bulk.
+
+        Each is spooled and ordered like an encoder's DELETE. Every sequence
+        number is taken before the first await, so what the caller checked
+        right before the call still held when they were taken. Each future is
+        done once its delete is applied, or made moot by a newer PUT.
+        """
+        loop = asyncio.get_running_loop()
+        entries = []
+        futures = []
+        for upload in uploads:
+            key = self.settings.key_for(upload.app, upload.path)
+            seq = self._allocate(key, "delete", upload.kind == "playlist")
+            self._bulk.add(seq)
+            self._acks[seq] = loop.create_future()
+            futures.append(self._acks[seq])
+            entries.append(
+                SpoolEntry(
+                    seq=seq, action="delete", app=upload.app, path=upload.path, key=key
+                )
+            )
+        committed = 0
+        with anyio.CancelScope(shield=True):
+            try:
+                for entry in entries:
+                    await anyio.to_thread.run_sync(self.spool.commit_delete, entry)
+                    committed += 1
+            finally:
+                for entry in entries[:committed]:
+                    self.barrier.commit(entry.seq, entry)
+                for entry in entries[committed:]:
+                    self.barrier.abort(entry.seq)
+                    self._bulk.discard(entry.seq)
+                    self._acks.pop(entry.seq).cancel()
+                self._pump()
+        return futures
+
     def _version_for(
         self, app: str, path: str, key: str, seq: int, data: bytes
     ) -> PlaylistVersion:
         """Parse a playlist body; only the appended tail when it extends the last.
 
         An EVENT playlist grows by appending, so comparing a digest of the
-        published body with the same prefix of this one lets us read only the
-        new lines: the cost of a version stays that of its new entries.
+        version it follows (published, or still pending) with the same prefix
+        of this one lets us read only the new lines: the cost of a version
+        stays that of its new entries.
         """
         text = playlist.decode_playlist(data)
         base = self.barrier.base_for(key, seq)
@@ -268,9 +374,15 @@ class Uploader:
             ref_path = playlist.resolve_reference(path, uri)
             if ref_path is not None:
                 refs.add(self.settings.key_for(app, ref_path))
+        extends = start > 0
+        if extends and isinstance(base, PlaylistVersion):
+            # It follows a version still waiting, which it may supersede:
+            # what that one waits for, this one waits for too.
+            refs |= base.refs
+            extends = base.extends
         return PlaylistVersion(
             refs=frozenset(refs),
-            extends=start > 0,
+            extends=extends,
             length=len(data),
             digest=hasher.digest(),
             line_end=data.endswith((b"\n", b"\r")),
@@ -313,8 +425,13 @@ class Uploader:
             self._spawn(self._drop(op))
         for key in barrier.take_lookups():
             self._spawn(self._lookup(key))
-        for op in barrier.take_ready():
-            self._spawn(self._run(op))
+        ready = barrier.take_ready()
+        batch = [op for op in ready if op.seq in self._bulk]
+        if batch:
+            self._spawn(self._run_delete_batch(batch))
+        for op in ready:
+            if op.seq not in self._bulk:
+                self._spawn(self._run(op))
         self.metrics.pending.set(barrier.pending_count())
         self.metrics.spool_bytes.set(self.spool.used_bytes)
         self.metrics.spool_files.set(self.spool.entry_count)
@@ -322,7 +439,11 @@ class Uploader:
             self._deadline_changed.set()
 
     def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
+        # Started from whichever request changed the barrier, the task must
+        # not log under that request's id.
+        task = asyncio.get_running_loop().create_task(
+            coro, context=logs.detached_context()
+        )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -331,6 +452,9 @@ class Uploader:
         return await loop.run_in_executor(self._executor, func, *args)
 
     async def _drop(self, op: Operation) -> None:
+        self._bulk.discard(op.seq)
+        self._maybe_orphaned.discard(op.seq)
+        self._queued_at.pop(op.seq, None)
         entry = op.payload
         if isinstance(entry, SpoolEntry):
             await anyio.to_thread.run_sync(self.spool.remove, entry)
@@ -349,13 +473,18 @@ class Uploader:
     async def _run(self, op: Operation) -> None:
         entry = op.payload
         assert isinstance(entry, SpoolEntry)
+        logs.application.set(entry.app)  # this task's own context
+        queued_at = self._queued_at.pop(op.seq, None)
+        if queued_at is not None:
+            self.metrics.barrier_wait_seconds.observe(time.monotonic() - queued_at)
         kind = (
             "delete"
             if entry.action == "delete"
             else ("playlist" if op.is_playlist else "media")
         )
         started = time.monotonic()
-        await self._apply_until_done(entry)
+        if not await self._apply_until_done(entry):
+            return  # stopping: the entry stays in the spool
         self.metrics.upload_seconds.labels(kind).observe(time.monotonic() - started)
         self.metrics.uploads.labels(entry.app, kind).inc()
         if entry.action == "put":
@@ -363,9 +492,12 @@ class Uploader:
         if op.version is not None:
             self._log_published(op, entry)
 
+        # S3 has it, which is all an upload-mode client waits for. The barrier
+        # hears only once the entry is gone: a replay after a crash must never
+        # re-apply it over a newer operation on the key.
+        self._resolve_ack(op.seq)
         await anyio.to_thread.run_sync(self.spool.remove, entry)
         self.barrier.finished(op.seq)
-        self._resolve_ack(op.seq)
         self._pump()
 
     def _log_published(self, op: Operation, entry: SpoolEntry) -> None:
@@ -381,9 +513,15 @@ class Uploader:
         else:
             log.info("published playlist key=%s seq=%d", entry.key, entry.seq)
 
-    async def _apply_until_done(self, entry: SpoolEntry) -> None:
+    async def _apply_until_done(self, entry: SpoolEntry) -> bool:
+        """Apply ``entry`` to S3, trying until it works; False if stopped first."""
         # Everything here was acknowledged, so there is no retry limit in
         # time: only the spool's size bounds how long S3 may stay away.
+        # NOTE: a try that timed out on our side may still be applied by S3
+        # later, after the retry and after newer operations on the key (seen
+        # with HLSRELAY_S3_READ_TIMEOUT_S=1 under a 6 s freeze: a deleted
+        # segment came back). Keep the read timeout above the provider's
+        # worst latency; the default 30 s outlasts a short outage.
         attempt = 0
         while True:
             try:
@@ -405,22 +543,25 @@ class Uploader:
                 delay = BACKOFF_CAP_S
                 self.metrics.failures.labels(exc.code or "unknown").inc()
                 self._set_storage_problem(exc.detail)
-                if entry.key not in self._failing_keys:
-                    self._failing_keys.add(entry.key)
+                if exc.code not in self._logged_refusals:
+                    self._logged_refusals.add(exc.code)
                     log.error(
-                        "S3 refused key=%s; kept in the spool, trying again every "
-                        "%gs until the setting is fixed: %s",
+                        "S3 refused key=%s; it and every file refused the same way "
+                        "stay in the spool, tried again every %gs until the setting "
+                        "is fixed: %s",
                         entry.key,
                         delay,
                         exc.detail,
                     )
+                else:
+                    log.debug("S3 refused key=%s code=%s", entry.key, exc.code)
             except FileNotFoundError:
                 log.error(
                     "spool body vanished before upload key=%s seq=%d; skipped",
                     entry.key,
                     entry.seq,
                 )
-                return
+                return True
             except Exception as exc:
                 attempt += 1
                 delay = backoff_delay(attempt)
@@ -436,12 +577,75 @@ class Uploader:
                     log.info("S3 is reachable again key=%s", entry.key)
                 self.storage_ok = True
                 self.storage_problem = ""
-                self._failing_keys.discard(entry.key)
+                self._logged_refusals.clear()
+                return True
+            if not await self._pause(delay):
+                return False
+
+    async def _run_delete_batch(self, ops: list[Operation]) -> None:
+        """Apply clean-up deletes that became ready together, in bulk calls.
+
+        Like ``_apply_until_done`` there is no limit in time: the keys that
+        failed are tried again with backoff until S3 takes them.
+        """
+        waiting = {op.key: op for op in ops}
+        attempt = 0
+        while True:
+            try:
+                failed = await self._in_pool(self.storage.delete_many, list(waiting))
+            except Exception as exc:
+                log.warning("bulk delete failed count=%d", len(waiting), exc_info=exc)
+                failed = dict.fromkeys(waiting, StorageError(str(exc)))
+            done = [op for key, op in waiting.items() if key not in failed]
+            if done:
+                entries = [op.payload for op in done]
+                await anyio.to_thread.run_sync(self._remove_entries, entries)
+                for op in done:
+                    del waiting[op.key]
+                    self._bulk.discard(op.seq)
+                    self.barrier.finished(op.seq)
+                    self._resolve_ack(op.seq)
+                self._pump()
+            if not waiting:
+                self.storage_ok = True
                 return
-            await asyncio.sleep(delay)
+
+            attempt += 1
+            key, error = next(iter(failed.items()))
+            retryable = isinstance(error, RetryableStorageError)
+            delay = backoff_delay(attempt) if retryable else BACKOFF_CAP_S
+            counter = self.metrics.retries if retryable else self.metrics.failures
+            counter.labels(error.code or "unknown").inc()
+            self._set_storage_problem(error.detail)
+            log.warning(
+                "retry deletes count=%d attempt=%d in_s=%.2f first_key=%s: %s",
+                len(waiting),
+                attempt,
+                delay,
+                key,
+                error.detail,
+            )
+            if not await self._pause(delay):
+                return  # stopping: the deletes stay in the spool
+
+    def _remove_entries(self, entries: list[object]) -> None:
+        for entry in entries:
+            if isinstance(entry, SpoolEntry):
+                self.metrics.uploads.labels(entry.app, "delete").inc()
+                self.spool.remove(entry)
+
+    def _note_failed_try(
+        self, operation: str, key: str, attempt: int, code: str
+    ) -> None:
+        # From a worker thread, inside botocore, which may try again itself
+        # before the uploader's own retry sees anything.
+        self.metrics.retries.labels(code).inc()
+        log.warning(
+            "S3 try failed op=%s key=%s try=%d code=%s", operation, key, attempt, code
+        )
 
     def _set_storage_problem(self, detail: str) -> None:
-        self.storage_ok = False
+        self.storage_ok = False  # starts the outage clock if it is not running
         self.storage_problem = detail
 
     def _apply(self, entry: SpoolEntry) -> None:
@@ -453,13 +657,19 @@ class Uploader:
             if _is_playlist(entry)
             else self.settings.segment_cache_control
         )
+        # Marked before the attempt and cleared after it: an attempt that dies
+        # mid-way, with the process or not, makes the next one clear its parts.
+        stale = entry.seq in self._maybe_orphaned
+        self._maybe_orphaned.add(entry.seq)
         self.storage.put_file(
             entry.key,
             self.spool.body_path(entry),
             entry.size,
             entry.content_type,
             cache_control,
+            clear_stale=stale,
         )
+        self._maybe_orphaned.discard(entry.seq)
 
     async def _deadline_loop(self) -> None:
         while True:
