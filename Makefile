@@ -4,9 +4,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-SOURCES := app tests
+SOURCES := app tests bench
 
-.PHONY: venv fmt lint typecheck test run demo bench
+.PHONY: venv fmt lint typecheck test run demo play bench
 
 venv: $(STAMP)
 
@@ -38,8 +38,13 @@ run: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m app.locals3 demo
 
-# Benchmarks live in bench/ once someone writes them; until then this target
-# says so and does nothing, rather than print numbers nobody measured.
+# `make demo` until Ctrl-C, with a player page on http://127.0.0.1:5081 for your
+# browser (hls.js is fetched with npm into .local/node the first time).
+play: $(STAMP)
+	$(BIN)/python -m app.locals3 demo --play
+
+# The relay against a direct S3 upload and nginx dav (docs/benchmarks.md);
+# about 20 minutes. `make bench BENCH_ARGS=--quick` checks it in two.
+BENCH_ARGS ?=
 bench: $(STAMP)
-	@if [ -d bench ]; then $(BIN)/python -m bench; \
-	else echo "bench/ does not exist yet: no benchmarks to run"; fi
+	$(BIN)/python -m bench $(BENCH_ARGS)
