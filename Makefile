@@ -44,7 +44,7 @@ play: $(STAMP)
 	$(BIN)/python -m app.locals3 demo --play
 
 # The relay against a direct S3 upload and nginx dav (docs/benchmarks.md);
-# about 20 minutes. `make bench BENCH_ARGS=--quick` checks it in two.
+# about 8 minutes. `make bench BENCH_ARGS=--quick` checks it in one.
 BENCH_ARGS ?=
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)

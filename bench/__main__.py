@@ -1,8 +1,8 @@
 """``python -m bench`` (``make bench``): run every section, print, write results.
 
-A full run takes roughly 15 to 25 minutes on the 2-core machine; ``--quick``
-runs every section with few rounds and small sizes in about two minutes, to
-check the benchmark itself, and leaves docs/benchmarks.md alone.
+A full run takes 7 to 8 minutes on the 2-core machine; ``--quick`` runs
+every section with few rounds and small sizes in about a minute, to check
+the benchmark itself, and leaves docs/benchmarks.md alone.
 """
 
 from __future__ import annotations

@@ -42,7 +42,10 @@ async def _blast(
         connection = AsyncConnection(port)
         try:
             while loop.time() < stop_at and sent < cap:
-                sent += len(body)
+                # The cap bounds the measured window; the warm-up is bounded
+                # by its own time, and must not use the cap up.
+                if loop.time() >= measure_from:
+                    sent += len(body)
                 path = f"{prefix}/{next(numbers):07d}.ts"
                 try:
                     answer = await connection.request(
