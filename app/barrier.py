@@ -330,6 +330,19 @@ class SegmentBarrier:
                     return playlist
         return None
 
+    def restore_published(self, key: str, version: PlaylistVersion) -> None:
+        """A playlist found in the bucket at start: what it names stays put.
+
+        What was written before a restart is known only to the bucket; without
+        this a delete held for a playlist would go through once replayed.
+        """
+        if key in self._published:
+            return  # this run wrote a newer version already
+        for ref in version.refs:
+            self._folders.setdefault(posixpath.dirname(ref), set()).add(key)
+        self._publish(key, version)
+        self._wake(key)
+
     def _publish(self, key: str, version: PlaylistVersion) -> None:
         published = self._published.get(key)
         if version.extends and published is not None:

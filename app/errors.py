@@ -49,6 +49,13 @@ class BodyIncomplete(RelayError):
     error = "incomplete_body"
 
 
+class EmptyBody(RelayError):
+    """A media file with no bytes: it would replace a stored one with nothing."""
+
+    status = 400
+    error = "empty_body"
+
+
 class UnsupportedMedia(RelayError):
     status = 415
     error = "unsupported_media_type"

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import posixpath
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -27,6 +28,8 @@ from app.barrier import Operation, PlaylistVersion, SegmentBarrier
 from app.config import Settings
 from app.errors import (
     BodyTooLarge,
+    EmptyBody,
+    PlaylistError,
     RelayError,
     RetryableStorageError,
     SpoolFull,
@@ -139,10 +142,12 @@ class Uploader:
             log.info(
                 "spool replay entries=%d bytes=%d", len(entries), self.spool.used_bytes
             )
+        held = [entry for entry in entries if entry.action == "delete"]
         for entry in entries:
             self.barrier.begin(entry.seq, entry.key, entry.action, _is_playlist(entry))
-            if entry.action == "put":
-                self._maybe_orphaned.add(entry.seq)
+            if entry.action == "delete":
+                continue  # committed by _replay_deletes
+            self._maybe_orphaned.add(entry.seq)
             version = None
             if entry.action == "put" and _is_playlist(entry):
                 data = await anyio.to_thread.run_sync(self.spool.read_body, entry)
@@ -151,7 +156,75 @@ class Uploader:
                 )
             self.barrier.commit(entry.seq, entry, version)
         self._timer = asyncio.create_task(self._deadline_loop())
+        if held:
+            self._spawn(self._replay_deletes(held))
         self._pump()
+
+    async def _replay_deletes(self, held: list[SpoolEntry]) -> None:
+        """Commit replayed deletes once the bucket's playlists beside them are known.
+
+        A delete held because a written playlist named its file must stay held
+        after a restart; the playlists written before it are in the bucket only.
+        Until S3 answers, the deletes wait (and so does anything after them on
+        the same keys).
+        """
+        folders = sorted({posixpath.dirname(entry.key) for entry in held})
+        attempt = 0
+        while True:
+            try:
+                found = await self._in_pool(self._read_playlists, folders)
+                break
+            except Exception as exc:
+                attempt += 1
+                delay = backoff_delay(attempt)
+                log.warning(
+                    "replayed deletes wait for the bucket's playlists count=%d "
+                    "attempt=%d in_s=%.2f: %s",
+                    len(held),
+                    attempt,
+                    delay,
+                    exc,
+                )
+                if not await self._pause(delay):
+                    return
+        for key, data in found:
+            try:
+                uris = playlist.extract_references(playlist.decode_playlist(data))
+            except PlaylistError:
+                continue
+            refs = {
+                ref
+                for uri in uris
+                if (ref := playlist.resolve_reference(key, uri)) is not None
+            }
+            self.barrier.restore_published(
+                key,
+                PlaylistVersion(
+                    refs=frozenset(refs),
+                    extends=False,
+                    length=len(data),
+                    digest=_digest(data),
+                    line_end=data.endswith((b"\n", b"\r")),
+                ),
+            )
+        for entry in held:
+            self.barrier.commit(entry.seq, entry)
+        log.info(
+            "replayed deletes count=%d after reading playlists=%d",
+            len(held),
+            len(found),
+        )
+        self._pump()
+
+    def _read_playlists(self, folders: list[str]) -> list[tuple[str, bytes]]:
+        found = []
+        for folder in folders:
+            for key in self.storage.list_keys(f"{folder}/" if folder else ""):
+                if key.endswith(".m3u8") and posixpath.dirname(key) == folder:
+                    data = self.storage.get(key, self.settings.max_playlist_bytes)
+                    if data is not None:
+                        found.append((key, data))
+        return found
 
     async def stop(self, grace_s: float) -> None:
         """Return within ``grace_s``: calls under way may finish, retries end.
@@ -236,6 +309,8 @@ class Uploader:
                 if len(pending) >= WRITE_SLICE:
                     await anyio.to_thread.run_sync(writer.write, bytes(pending))
                     pending.clear()
+            if size == 0 and not is_playlist:
+                raise EmptyBody(f"{upload.path!r} has an empty body; nothing stored")
             # The body is whole: from here on a client that hangs up, or a
             # middleware that cancels the request, must not undo the work.
             with anyio.CancelScope(shield=True):
