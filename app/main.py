@@ -61,7 +61,11 @@ def create_app(settings: Settings, storage: S3Storage | None = None) -> FastAPI:
     probe = probe_storage(settings) if storage is None else storage
     storage = storage or S3Storage(settings)
     metrics = Metrics()
-    spool = Spool(settings.spool_dir, settings.spool_max_bytes)
+    spool = Spool(
+        settings.spool_dir,
+        settings.spool_max_bytes,
+        fsync_puts=settings.ack == "spool",
+    )
     uploader = Uploader(settings, spool, storage, metrics)
     relay = Relay(
         settings=settings,

@@ -105,7 +105,8 @@ class BodyWriter:
         """Flush and fsync the body; it is not yet an entry."""
         try:
             self._file.flush()
-            os.fsync(self._file.fileno())
+            if self._spool.fsync_puts:
+                os.fsync(self._file.fileno())
             self._file.close()
         except OSError as exc:
             # close() flushes again and would raise the same ENOSPC, hiding
@@ -131,9 +132,14 @@ class BodyWriter:
 class Spool:
     """Durable storage of entries under one root, with a bound on its bytes."""
 
-    def __init__(self, root: Path, max_bytes: int) -> None:
+    def __init__(self, root: Path, max_bytes: int, fsync_puts: bool = True) -> None:
         self.root = root
         self.max_bytes = max_bytes
+        # With HLSRELAY_ACK=upload a PUT is acknowledged once S3 has it, so its
+        # spool copy needs no fsync: a crash before that loses nothing that
+        # was acknowledged, and a torn copy fails its CRC on replay. Deletes
+        # are acknowledged from the spool in both modes and always fsynced.
+        self.fsync_puts = fsync_puts
         self.entries_dir = root / "entries"
         self.incoming_dir = root / "incoming"
         self.used_bytes = 0
@@ -227,21 +233,23 @@ class Spool:
         # _write_meta releases the bytes if it fails; a later abort() of the
         # writer must not release them twice.
         writer.hand_over()
-        self._write_meta(entry)
+        self._write_meta(entry, durable=self.fsync_puts)
 
     def commit_delete(self, entry: SpoolEntry) -> None:
-        self._write_meta(entry)
+        self._write_meta(entry, durable=True)
 
-    def _write_meta(self, entry: SpoolEntry) -> None:
+    def _write_meta(self, entry: SpoolEntry, durable: bool) -> None:
         final = self.entries_dir / f"{entry.seq:020d}.json"
         tmp = final.with_suffix(".tmp")
         try:
             with open(tmp, "w", encoding="utf-8") as out:
                 json.dump(asdict(entry), out)
                 out.flush()
-                os.fsync(out.fileno())
+                if durable:
+                    os.fsync(out.fileno())
             os.replace(tmp, final)
-            _fsync_dir(self.entries_dir)
+            if durable:
+                _fsync_dir(self.entries_dir)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             self.body_path(entry).unlink(missing_ok=True)

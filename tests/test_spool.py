@@ -249,3 +249,32 @@ def test_spool_full_disk_on_metadata_releases_bytes_once(
     again, entries = reopen(spool)
     assert entries == [kept]
     assert entry_files(again) == [f"{1:020d}.body", f"{1:020d}.json"]
+
+
+@pytest.mark.parametrize(("fsync_puts", "put_syncs"), [(True, 3), (False, 0)])
+def test_spool_fsyncs_puts_only_when_they_are_acknowledged_from_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fsync_puts: bool, put_syncs: int
+) -> None:
+    # Upload ack mode answers once S3 has the file: its spool copy is only a
+    # buffer. A delete is acknowledged from the spool in both modes.
+    import app.spool as spool_module
+
+    calls: list[int] = []
+    real_fsync = spool_module.os.fsync
+    monkeypatch.setattr(
+        spool_module.os, "fsync", lambda fd: calls.append(fd) or real_fsync(fd)
+    )
+    spool = Spool(tmp_path / "spool", max_bytes=10_000, fsync_puts=fsync_puts)
+    spool.open()
+
+    entry = spool_put(spool, 1, b"body")
+    assert len(calls) == put_syncs
+    spool.commit_delete(
+        SpoolEntry(
+            seq=2, action="delete", app="LiveApp", path="s.ts", key="streams/s.ts"
+        )
+    )
+    assert len(calls) == put_syncs + 2
+
+    _, entries = reopen(spool)
+    assert [e.seq for e in entries] == [entry.seq, 2]
