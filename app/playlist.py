@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from urllib.parse import unquote
 
 from app.errors import PlaylistError
+from app.paths import is_valid_path
 
 # RFC 8216 4.3.1.1: EXTM3U must be the first line. Trailing blanks on it are
 # tolerated; RFC 8216 4.1 forbids them, but refusing would cost a stream.
@@ -42,7 +43,6 @@ _MULTIVARIANT_TAGS = frozenset(
 )
 
 _UPLOAD_PATH_CHARS = frozenset(string.ascii_letters + string.digits + "._-")
-_UPLOAD_PATH_MAX = 512
 
 
 @dataclass(frozen=True)
@@ -137,13 +137,8 @@ def resolve_reference(playlist_path: str, uri: str) -> str | None:
 
 
 def is_valid_upload_path(path: str) -> bool:
-    """True for '/'-separated parts of ASCII letters, digits, '.', '_', '-'."""
-    if len(path) > _UPLOAD_PATH_MAX:
-        return False
-    return all(
-        part not in ("", ".", "..") and _UPLOAD_PATH_CHARS.issuperset(part)
-        for part in path.split("/")
-    )
+    """SPEC's path rule, the one uploads are held to (app/paths.py)."""
+    return is_valid_path(path)
 
 
 def _scan(text: str, start: int) -> _Scan:
