@@ -60,6 +60,9 @@ class Operation:
     deadline: float = 0.0
     blocking: set[str] = field(default_factory=set)
     missing: set[str] = field(default_factory=set)
+    # Started while its body arrives (start_early): it runs from its commit
+    # on, driven by the uploader, and is never handed out by take_ready.
+    early: bool = False
 
 
 @dataclass
@@ -121,12 +124,29 @@ class SegmentBarrier:
         self._ops[seq] = op
         self._queues.setdefault(key, deque()).append(op)
 
+    def start_early(self, seq: int) -> bool:
+        """May this PUT go to S3 while its body is still arriving?
+
+        Only a media PUT with nothing before it on its key: nothing it must
+        wait for, and everything after it on the key waits for it anyway,
+        from its begin() until finished() or abort().
+        """
+        op = self._ops[seq]
+        queue = self._queues[op.key]
+        if op.action != "put" or op.is_playlist or queue[0] is not op:
+            return False
+        op.early = True
+        return True
+
+    def operation(self, seq: int) -> Operation:
+        return self._ops[seq]
+
     def commit(
         self, seq: int, payload: object, version: PlaylistVersion | None = None
     ) -> None:
         """The operation is durable and acknowledged; it now waits its turn."""
         op = self._ops[seq]
-        op.state = State.QUEUED
+        op.state = State.RUNNING if op.early else State.QUEUED
         op.payload = payload
         if version is not None:
             self._add_version(op, version)

@@ -84,6 +84,10 @@ class Settings(BaseSettings):
     segment_wait_s: float = Field(10.0, ge=0)
     upload_concurrency: int = Field(16, ge=1, le=512)
     multipart_threshold_bytes: int = Field(16 * 1024**2, ge=5 * 1024**2)
+    # A media body with a Content-Length below the multipart threshold goes
+    # to S3 while it arrives (app/growing.py), when nothing on its key is
+    # ahead of it; its last byte is sent once the spool has the whole body.
+    stream_uploads: bool = True
     shutdown_grace_s: float = Field(10.0, ge=0)
 
     auth_token: CommaList = Field(default_factory=list)

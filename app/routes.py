@@ -137,7 +137,7 @@ async def put_file(application: str, path: str, request: Request) -> JSONRespons
         )
     relay.uploader.check_can_accept(declared)
 
-    receipt = await relay.uploader.receive_put(upload, _body(request), limit)
+    receipt = await relay.uploader.receive_put(upload, _body(request), limit, declared)
     return JSONResponse({"key": receipt.key, "size": receipt.size}, status_code=201)
 
 

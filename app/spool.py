@@ -19,7 +19,7 @@ import uuid
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal, NoReturn
 
 from app.errors import DiskFull, SpoolFull
 
@@ -69,7 +69,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _raise_disk_error(exc: OSError, what: str) -> None:
+def _raise_disk_error(exc: OSError, what: str) -> NoReturn:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         raise DiskFull(f"the spool's disk is full while writing {what}") from exc
     raise exc
@@ -89,12 +89,28 @@ class BodyWriter:
         # Set once the body is an entry or thrown away: from then on its
         # bytes are the entry's to release, or already released.
         self._settled = False
-        self._file = open(path, "wb")  # noqa: SIM115 - closed in commit/abort
+        # Opened by the first write (in a worker thread), not here: creating
+        # the writer costs the request no hop to a thread.
+        self._file: BinaryIO | None = None
+
+    def _opened(self) -> BinaryIO:
+        if self._file is None:
+            try:
+                # Readable too: a streamed upload reads it through a dup().
+                self._file = open(self.path, "w+b")  # noqa: SIM115 - closed in finish/abort
+            except OSError as exc:
+                _raise_disk_error(exc, str(self.path))
+        return self._file
+
+    def fileno(self) -> int:
+        """The body file's descriptor; the file is created if need be."""
+        return self._opened().fileno()
 
     def write(self, data: bytes) -> None:
+        out = self._opened()
         self._spool.reserve(len(data))
         try:
-            self._file.write(data)
+            out.write(data)
         except OSError as exc:
             self._spool.release(len(data))
             _raise_disk_error(exc, str(self.path))
@@ -103,16 +119,17 @@ class BodyWriter:
 
     def finish(self) -> None:
         """Flush and fsync the body; it is not yet an entry."""
+        out = self._opened()  # an empty playlist is a file too
         try:
-            self._file.flush()
+            out.flush()
             if self._spool.fsync_puts:
-                os.fsync(self._file.fileno())
-            self._file.close()
+                os.fsync(out.fileno())
+            out.close()
         except OSError as exc:
             # close() flushes again and would raise the same ENOSPC, hiding
             # the DiskFull that the client must get; the fd is closed anyway.
             with contextlib.suppress(OSError):
-                self._file.close()
+                out.close()
             _raise_disk_error(exc, str(self.path))
 
     def hand_over(self) -> None:
@@ -121,8 +138,9 @@ class BodyWriter:
 
     def abort(self) -> None:
         """Throw the body away; safe to call more than once."""
-        with contextlib.suppress(OSError):
-            self._file.close()
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
         self.path.unlink(missing_ok=True)
         if not self._settled:
             self._settled = True
@@ -221,6 +239,7 @@ class Spool:
             self.used_bytes = max(0, self.used_bytes - nbytes)
 
     def begin_body(self) -> BodyWriter:
+        """A writer for one body; no I/O until its first write."""
         return BodyWriter(self, self.incoming_dir / f"{uuid.uuid4().hex}.part")
 
     def commit_put(self, writer: BodyWriter, entry: SpoolEntry) -> None:

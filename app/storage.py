@@ -34,6 +34,7 @@ from botocore.model import OperationModel
 
 from app.config import Settings
 from app.errors import RetryableStorageError, StorageError
+from app.growing import BodyAbandoned
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
@@ -198,16 +199,30 @@ def _md5_where_required(
     headers["Content-MD5"] = base64.b64encode(digest).decode("ascii")
 
 
-def build_client(settings: Settings) -> S3Client:
-    """A client for the configured provider, pool sized for many streams."""
+def build_client(settings: Settings, *, streamed: bool = False) -> S3Client:
+    """A client for the configured provider, pool sized for many streams.
+
+    ``streamed`` is the client of bodies sent while they arrive: SigV4 can
+    sign a payload only once all of it is there, so these go as
+    UNSIGNED-PAYLOAD (what botocore does itself for streamed bodies over
+    HTTPS); the headers, Content-Length included, are signed as always.
+    """
     config = Config(
         region_name=settings.s3_region,
         signature_version="s3v4",
-        s3={"addressing_style": settings.s3_addressing},
+        s3=(
+            {
+                "addressing_style": settings.s3_addressing,
+                "payload_signing_enabled": False,
+            }
+            if streamed
+            else {"addressing_style": settings.s3_addressing}
+        ),
         # Three tries in all (botocore's max_attempts would count retries
         # only): the uploader keeps retrying acknowledged files itself, and
-        # /readyz must answer before a probe times out.
-        retries={"mode": "standard", "total_max_attempts": 3},
+        # /readyz must answer before a probe times out. A streamed body gets
+        # one: the uploader sends it again from the spool once it is whole.
+        retries={"mode": "standard", "total_max_attempts": 1 if streamed else 3},
         connect_timeout=settings.s3_connect_timeout_s,
         read_timeout=settings.s3_read_timeout_s,
         max_pool_connections=settings.s3_max_connections,
@@ -284,6 +299,8 @@ def watch_failed_tries(
     ) -> None:
         # Returning None leaves botocore's own retry decision alone.
         if caught_exception is not None:
+            if _abandoned(caught_exception):
+                return  # the client's body ended short; S3 did nothing wrong
             code = type(caught_exception).__name__
         elif response is not None and response[0].status_code >= 500:
             code = str(response[1].get("Error", {}).get("Code") or "")
@@ -298,6 +315,26 @@ def watch_failed_tries(
         listener(str(getattr(operation, "name", "")), key, attempts, code)
 
     client.meta.events.register("needs-retry.s3", on_try)
+
+
+def _abandoned(exc: BaseException) -> bool:
+    """Whether a failed call was stopped by its streamed body (app/growing.py).
+
+    botocore and urllib3 wrap what the body raised: the reader's error is
+    found among the causes, the wrapped ``error`` and the exception's args.
+    """
+    seen: set[int] = set()
+    todo: list[object] = [exc]
+    while todo:
+        item = todo.pop()
+        if not isinstance(item, BaseException) or id(item) in seen:
+            continue
+        if isinstance(item, BodyAbandoned):
+            return True
+        seen.add(id(item))
+        todo += [item.__cause__, item.__context__, *item.args]
+        todo += list(getattr(item, "kwargs", {}).values())
+    return False
 
 
 def _final(detail: str, code: str, message: str = "") -> StorageError:
@@ -315,6 +352,13 @@ class S3Storage:
         self.settings = settings
         self.bucket = settings.s3_bucket or ""
         self.client = client or build_client(settings)
+        # Only beside a client of our own making: a test's stubbed or mocked
+        # client stands for every call.
+        self.stream_client = (
+            build_client(settings, streamed=True)
+            if client is None and settings.stream_uploads
+            else None
+        )
         self._transfer = TransferConfig(
             multipart_threshold=settings.multipart_threshold_bytes,
             multipart_chunksize=settings.multipart_threshold_bytes,
@@ -380,6 +424,24 @@ class S3Storage:
                 self.client.upload_file(
                     str(path), self.bucket, key, ExtraArgs=extra, Config=self._transfer
                 )
+        except Exception as exc:
+            raise map_error(exc, f"PUT {key!r}") from exc
+
+    def put_streamed(
+        self, key: str, body: Any, size: int, content_type: str, cache_control: str
+    ) -> None:
+        """One PutObject whose body is read while the request still sends it.
+
+        ``body`` is a file-like reader (app/growing.py) that blocks for bytes
+        not yet received and raises if the request fails; the connection to
+        S3 is then dropped short of the Content-Length, and nothing is stored.
+        """
+        assert self.stream_client is not None
+        extra = self._extra_args(content_type, cache_control)
+        try:
+            self.stream_client.put_object(
+                Bucket=self.bucket, Key=key, Body=body, ContentLength=size, **extra
+            )
         except Exception as exc:
             raise map_error(exc, f"PUT {key!r}") from exc
 

@@ -16,7 +16,7 @@ import posixpath
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -36,6 +36,7 @@ from app.errors import (
     StorageError,
     StorageUnavailable,
 )
+from app.growing import GrowingBody
 from app.metrics import Metrics
 from app.paths import Upload
 from app.spool import BodyWriter, Spool, SpoolEntry
@@ -48,12 +49,21 @@ T = TypeVar("T")
 # Bodies are written to disk in slices of this size: large enough that the
 # hop to a worker thread is paid rarely, small enough to keep memory flat.
 WRITE_SLICE = 256 * 1024
+SPOOL_WRITERS = 16
 BACKOFF_BASE_S = 0.2
 BACKOFF_CAP_S = 30.0
 # One failed call is not an outage (C02: a provider that refuses the first
 # tries of many requests still takes traffic); this long with nothing but
 # failures is, for /readyz and for refusing PUTs in upload mode.
 STORAGE_DOWN_AFTER_S = 3.0
+
+
+@dataclass
+class EarlyUpload:
+    """A PutObject reading a body from the spool while the request sends it."""
+
+    body: GrowingBody
+    result: asyncio.Future[None]
 
 
 @dataclass(frozen=True)
@@ -104,6 +114,18 @@ class Uploader:
         self._executor = ThreadPoolExecutor(
             max_workers=settings.upload_concurrency, thread_name_prefix="s3"
         )
+        # Body slices go to disk here while the request reads the next one.
+        self._spool_executor = ThreadPoolExecutor(
+            max_workers=SPOOL_WRITERS, thread_name_prefix="spool"
+        )
+        # Uploads that start while their body arrives hold a thread for as
+        # long as the client takes to send it; their own pool, half the size,
+        # keeps slow senders from starving the playlists' uploads.
+        self._early_slots = max(1, settings.upload_concurrency // 2)
+        self._early_bodies: set[GrowingBody] = set()
+        self._early_executor = ThreadPoolExecutor(
+            max_workers=self._early_slots, thread_name_prefix="s3-stream"
+        )
         self._deadline_changed = asyncio.Event()
         self._timer: asyncio.Task[None] | None = None
         # Since when every S3 call has failed; None while the last one worked.
@@ -116,8 +138,9 @@ class Uploader:
         self._stop_requested = asyncio.Event()
         # A test may hand in a storage without a botocore client.
         client = getattr(storage, "client", None)
-        if client is not None:
-            watch_failed_tries(client, storage.bucket, self._note_failed_try)
+        for watched in (client, getattr(storage, "stream_client", None)):
+            if watched is not None:
+                watch_failed_tries(watched, storage.bucket, self._note_failed_try)
 
     @property
     def storage_ok(self) -> bool:
@@ -235,6 +258,10 @@ class Uploader:
         deadline = time.monotonic() + grace_s
         self._stopping = True
         self._stop_requested.set()
+        # A body still arriving may never end; its reader must not keep a
+        # thread (and the process) alive.
+        for body in list(self._early_bodies):
+            body.abandon()
         if self._timer is not None:
             self._timer.cancel()
         # Operations may still start while others finish (a stored segment
@@ -255,6 +282,8 @@ class Uploader:
                 len(unfinished),
             )
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._early_executor.shutdown(wait=False, cancel_futures=True)
+        self._spool_executor.shutdown(wait=False, cancel_futures=True)
 
     async def _pause(self, delay: float) -> bool:
         """Wait before a retry; False when the relay is stopping instead."""
@@ -286,14 +315,22 @@ class Uploader:
             raise StorageUnavailable(f"S3 is unreachable: {self.storage_problem}")
 
     async def receive_put(
-        self, upload: Upload, chunks: AsyncIterator[bytes], limit: int
+        self,
+        upload: Upload,
+        chunks: AsyncIterator[bytes],
+        limit: int,
+        declared: int | None = None,
     ) -> Receipt:
         key = self.settings.key_for(upload.app, upload.path)
         is_playlist = upload.kind == "playlist"
         seq = self._allocate(key, "put", is_playlist)
         writer: BodyWriter | None = None
+        early: EarlyUpload | None = None
+        writing: Future[None] | None = None
         try:
-            writer = await anyio.to_thread.run_sync(self.spool.begin_body)
+            writer = self.spool.begin_body()
+            if declared is not None and self._may_stream(seq, declared):
+                early = self._start_early(upload, key, writer, declared)
             kept = bytearray() if is_playlist else None
             pending = bytearray()
             size = 0
@@ -307,8 +344,16 @@ class Uploader:
                 if kept is not None:
                     kept += chunk
                 if len(pending) >= WRITE_SLICE:
-                    await anyio.to_thread.run_sync(writer.write, bytes(pending))
+                    # Written while the next slice arrives; one write at a
+                    # time per body keeps the file in order.
+                    if writing is not None:
+                        await asyncio.wrap_future(writing)
+                    writing = self._spool_executor.submit(
+                        _write_slice, writer, bytes(pending), early
+                    )
                     pending.clear()
+            if writing is not None:
+                await asyncio.wrap_future(writing)
             if size == 0 and not is_playlist:
                 raise EmptyBody(f"{upload.path!r} has an empty body; nothing stored")
             # The body is whole: from here on a client that hangs up, or a
@@ -329,8 +374,8 @@ class Uploader:
                     size=size,
                     crc32=0,
                 )
-                entry = await anyio.to_thread.run_sync(
-                    self._finish_body, writer, bytes(pending), entry
+                entry = await self._on_disk(
+                    self._finish_body, writer, bytes(pending), entry, early
                 )
                 writer = None
                 ack = self._watch_ack(seq)
@@ -338,14 +383,29 @@ class Uploader:
                     self._queued_at[seq] = time.monotonic()
                     self.metrics.streams.note(upload.app, key)
                 self.barrier.commit(seq, entry, version)
+                if early is not None:
+                    # Committed: S3 may now take the last byte.
+                    early.body.complete()
+                    self._spawn(self._run(self.barrier.operation(seq), early))
+                    early = None
                 self.metrics.received_bytes.labels(upload.app).inc(size)
                 self.metrics.body_bytes.labels(upload.kind).observe(size)
                 log.debug("spooled key=%s seq=%d bytes=%d", key, seq, size)
                 self._pump()
         except BaseException:
             with anyio.CancelScope(shield=True):
+                if writing is not None:
+                    await _settled(writing)  # before the file is closed
+                if early is not None:
+                    # The S3 request must be over before anything after this
+                    # one on the key may start; it cannot complete, since its
+                    # last byte is never released.
+                    early.body.abandon()
+                    with contextlib.suppress(Exception):
+                        await early.result
+                    early.body.close()
                 if writer is not None:
-                    await anyio.to_thread.run_sync(writer.abort)
+                    await self._on_disk(writer.abort)
                 self.barrier.abort(seq)
                 self._pump()
             raise
@@ -353,11 +413,50 @@ class Uploader:
             await self._await_ack(ack, key)
         return Receipt(key=key, size=size, seq=seq)
 
+    def _may_stream(self, seq: int, declared: int) -> bool:
+        """Whether this body can go to S3 while it arrives (SPEC guarantee 5)."""
+        return (
+            self.settings.stream_uploads
+            and getattr(self.storage, "stream_client", None) is not None
+            and 0 < declared < self.settings.multipart_threshold_bytes
+            and len(self._early_bodies) < self._early_slots
+            and self.storage_ok
+            and self.barrier.start_early(seq)
+        )
+
+    def _start_early(
+        self, upload: Upload, key: str, writer: BodyWriter, size: int
+    ) -> EarlyUpload:
+        body = GrowingBody(writer, size)
+        self._early_bodies.add(body)
+        loop = asyncio.get_running_loop()
+        result = loop.run_in_executor(
+            self._early_executor,
+            self.storage.put_streamed,
+            key,
+            body,
+            size,
+            upload.content_type,
+            self.settings.segment_cache_control,
+        )
+
+        def release(_: asyncio.Future[None]) -> None:
+            self._early_bodies.discard(body)
+
+        result.add_done_callback(release)
+        return EarlyUpload(body=body, result=result)
+
     def _finish_body(
-        self, writer: BodyWriter, rest: bytes, entry: SpoolEntry
+        self,
+        writer: BodyWriter,
+        rest: bytes,
+        entry: SpoolEntry,
+        early: EarlyUpload | None,
     ) -> SpoolEntry:
         if rest:
             writer.write(rest)
+        if early is not None:
+            early.body.grow(writer.size)  # while the file is still open
         writer.finish()
         entry = SpoolEntry(**{**entry.__dict__, "crc32": writer.crc32})
         self.spool.commit_put(writer, entry)
@@ -371,7 +470,7 @@ class Uploader:
         )
         with anyio.CancelScope(shield=True):
             try:
-                await anyio.to_thread.run_sync(self.spool.commit_delete, entry)
+                await self._on_disk(self.spool.commit_delete, entry)
             except BaseException:
                 self.barrier.abort(seq)
                 self._pump()
@@ -522,6 +621,19 @@ class Uploader:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def _on_disk(self, func: Callable[..., T], *args: Any) -> T:
+        """Run spool I/O in a worker thread; a cancelled caller still waits for it.
+
+        The spool's own pool, not anyio's: a request makes several of these
+        hops, and anyio's costs several times more on the event loop.
+        """
+        work = self._spool_executor.submit(func, *args)
+        try:
+            return await asyncio.wrap_future(work)
+        except asyncio.CancelledError:
+            await _settled(work)
+            raise
+
     async def _in_pool(self, func: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, func, *args)
@@ -545,7 +657,7 @@ class Uploader:
         self.barrier.lookup_done(key, exists)
         self._pump()
 
-    async def _run(self, op: Operation) -> None:
+    async def _run(self, op: Operation, early: EarlyUpload | None = None) -> None:
         entry = op.payload
         assert isinstance(entry, SpoolEntry)
         logs.application.set(entry.app)  # this task's own context
@@ -558,7 +670,9 @@ class Uploader:
             else ("playlist" if op.is_playlist else "media")
         )
         started = time.monotonic()
-        if not await self._apply_until_done(entry):
+        if not await self._early_done(entry, early) and not (
+            await self._apply_until_done(entry)
+        ):
             return  # stopping: the entry stays in the spool
         self.metrics.upload_seconds.labels(kind).observe(time.monotonic() - started)
         self.metrics.uploads.labels(entry.app, kind).inc()
@@ -571,9 +685,28 @@ class Uploader:
         # hears only once the entry is gone: a replay after a crash must never
         # re-apply it over a newer operation on the key.
         self._resolve_ack(op.seq)
-        await anyio.to_thread.run_sync(self.spool.remove, entry)
+        await self._on_disk(self.spool.remove, entry)
         self.barrier.finished(op.seq)
         self._pump()
+
+    async def _early_done(self, entry: SpoolEntry, early: EarlyUpload | None) -> bool:
+        """Whether the upload that started with the body has stored it."""
+        if early is None:
+            return False
+        try:
+            await early.result
+        except Exception as exc:
+            # The spool has the whole body: upload it from there, with retries.
+            log.warning(
+                "streamed upload failed key=%s; uploading from the spool: %s",
+                entry.key,
+                exc,
+            )
+            return False
+        finally:
+            early.body.close()
+        self.storage_ok = True
+        return True
 
     def _log_published(self, op: Operation, entry: SpoolEntry) -> None:
         if op.missing:
@@ -757,6 +890,18 @@ class Uploader:
             )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._deadline_changed.wait(), timeout)
+
+
+def _write_slice(writer: BodyWriter, data: bytes, early: EarlyUpload | None) -> None:
+    writer.write(data)
+    if early is not None:
+        early.body.grow(writer.size)
+
+
+async def _settled(work: Future[Any]) -> None:
+    """Wait until work handed to a thread is over, however it ended."""
+    with contextlib.suppress(Exception, asyncio.CancelledError):
+        await asyncio.wrap_future(work)
 
 
 def _is_playlist(entry: SpoolEntry) -> bool:

@@ -370,3 +370,63 @@ def test_restarted_encoder_resending_a_name_is_waited_for() -> None:
     d.commit(again)
     d.finish(again)
     assert d.started[-1] == playlist
+
+
+# -- uploads started while their body arrives (start_early) -----------------
+
+
+def test_early_start_only_for_a_media_put_first_on_its_key() -> None:
+    d = Driver()
+    first = d.begin("s/seg1.ts")
+    second = d.begin("s/seg1.ts")
+    assert d.barrier.start_early(first)
+    assert not d.barrier.start_early(second)  # behind the first on its key
+    assert not d.barrier.start_early(d.begin("s/live.m3u8"))
+    assert not d.barrier.start_early(d.begin("s/seg2.ts", "delete"))
+
+
+def test_an_early_put_is_run_by_its_uploader_not_handed_out() -> None:
+    d = Driver()
+    seg = d.begin("s/seg1.ts")
+    assert d.barrier.start_early(seg)
+    d.commit(seg)
+    assert d.started == []  # already running: take_ready must not start it twice
+    d.barrier.finished(seg)
+    d.collect()
+    playlist = d.put("s/live.m3u8", version("s/seg1.ts"))
+    assert d.started == [playlist]  # stored, so nothing to wait for
+
+
+def test_what_follows_an_early_put_waits_for_it_to_finish() -> None:
+    d = Driver()
+    seg = d.begin("s/seg1.ts")
+    assert d.barrier.start_early(seg)
+    playlist = d.put("s/live.m3u8", version("s/seg1.ts"))
+    delete = d.delete("s/seg1.ts")
+    newer = d.put("s/seg1.ts")
+    assert d.started == []
+    d.commit(seg)
+    # Being uploaded already, the early put is not superseded by the newer one.
+    assert seg not in d.dropped and d.started == []
+    d.advance(3600)  # received, so no bound applies to the playlist
+    assert d.started == []
+
+    # The delete, behind the early put, was made moot by the newer put.
+    assert d.dropped == [delete]
+
+    d.barrier.finished(seg)
+    d.collect()
+    assert d.started == [newer]  # the playlist waits for the newest body
+    d.finish(newer)
+    assert d.started == [newer, playlist]
+
+
+def test_an_aborted_early_put_releases_what_waited_for_it() -> None:
+    d = Driver()
+    seg = d.begin("s/seg1.ts")
+    assert d.barrier.start_early(seg)
+    delete = d.delete("s/seg1.ts")
+    assert d.started == []
+    d.barrier.abort(seg)
+    d.collect()
+    assert d.started == [delete]

@@ -53,9 +53,15 @@ def push_stream(
     test_ca: LocalCA,
     local_s3: LocalS3,
     bucket: str,
+    *,
+    chunked: bool = False,
     **settings: str,
 ) -> None:
-    """A segment and its playlist through a relay whose S3 is the proxy."""
+    """A segment and its playlist through a relay whose S3 is the proxy.
+
+    With a Content-Length the segment is sent to S3 while it arrives (a
+    streamed upload); ``chunked`` sends it as ffmpeg does, uploaded once whole.
+    """
     env = {
         "HLSRELAY_S3_ENDPOINT": proxy.url,
         "HLSRELAY_S3_CA_BUNDLE": str(test_ca.ca_path),
@@ -63,7 +69,8 @@ def push_stream(
     }
     relay = relay_factory(extra_env=env)
     for path, body in (("wire/seg_000.ts", SEGMENT), ("wire/index.m3u8", PLAYLIST)):
-        answer = httpx.put(relay.base_url_for("LiveApp", path), content=body)
+        content = iter([body]) if chunked else body
+        answer = httpx.put(relay.base_url_for("LiveApp", path), content=content)
         assert answer.status_code == 201, answer.text
 
     client = local_s3.client()
@@ -105,7 +112,7 @@ def test_wire_when_required_upload_is_plain_and_signed(
     local_s3: LocalS3,
     bucket: str,
 ) -> None:
-    push_stream(relay_factory, proxy, test_ca, local_s3, bucket)
+    push_stream(relay_factory, proxy, test_ca, local_s3, bucket, chunked=True)
 
     put = segment_put(proxy, bucket)
     assert checksum_headers(put) == []
@@ -118,6 +125,29 @@ def test_wire_when_required_upload_is_plain_and_signed(
     # Nothing is sent for what the operator did not configure (C16).
     assert "x-amz-acl" not in put.headers
     assert "x-amz-storage-class" not in put.headers
+    assert put.headers["content-type"] == "video/mp2t"
+
+
+def test_wire_streamed_upload_is_plain_with_its_headers_signed(
+    relay_factory: RelayFactory,
+    proxy: RecordingProxy,
+    test_ca: LocalCA,
+    local_s3: LocalS3,
+    bucket: str,
+) -> None:
+    push_stream(relay_factory, proxy, test_ca, local_s3, bucket)
+
+    put = segment_put(proxy, bucket)
+    assert checksum_headers(put) == []
+    assert "content-encoding" not in put.headers
+    assert "transfer-encoding" not in put.headers
+    # The payload cannot be hashed before it has arrived; the headers are
+    # signed, the length among them, so S3 takes nothing shorter or longer.
+    assert put.headers["x-amz-content-sha256"] == "UNSIGNED-PAYLOAD"
+    assert put.headers["content-length"] == str(len(SEGMENT))
+    signed = put.headers["authorization"].split("SignedHeaders=")[1].split(",")[0]
+    assert "content-length" in signed.split(";")
+    assert put.body == SEGMENT
     assert put.headers["content-type"] == "video/mp2t"
 
 

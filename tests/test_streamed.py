@@ -1,0 +1,295 @@
+"""Bodies with a Content-Length go to S3 while they arrive (real SeaweedFS).
+
+A byte-counting TCP relay sits between the relay and S3, so a test can see
+the upload start before the client has sent its body's end, and stop there:
+a client that leaves mid-body must leave S3 as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+
+from app.config import Settings
+from app.errors import DiskFull
+from app.locals3 import LocalS3
+from app.metrics import Metrics
+from app.paths import parse_upload
+from app.spool import BodyWriter, Spool, SpoolEntry
+from app.storage import S3Storage
+from app.uploader import Uploader
+from tests.conftest import REGION, Relay, RelayFactory
+from tests.faultproxy import FaultProxy
+from tests.rawhttp import parse_response, wait_settled
+
+pytestmark = pytest.mark.integration
+
+BODY = 1024 * 1024
+SENT_FIRST = 768 * 1024
+
+
+class CountingPipe:
+    """Forwards TCP to S3 and counts the bytes that go towards it."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.to_s3 = 0
+        self._lock = threading.Lock()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            self._sockets += [client, upstream]
+            threading.Thread(
+                target=self._pump, args=(client, upstream, True), daemon=True
+            ).start()
+            threading.Thread(
+                target=self._pump, args=(upstream, client, False), daemon=True
+            ).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, counted: bool) -> None:
+        try:
+            while data := source.recv(65536):
+                if counted:
+                    with self._lock:
+                        self.to_s3 += len(data)
+                sink.sendall(data)
+        except OSError:
+            pass
+        for sock in (source, sink):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def wait_for(self, nbytes: int, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self._lock:
+                if self.to_s3 >= nbytes:
+                    return True
+            time.sleep(0.01)
+        return False
+
+    def close(self) -> None:
+        self._listener.close()
+        for sock in self._sockets:
+            sock.close()
+
+
+@pytest.fixture
+def pipe(local_s3: LocalS3) -> Iterator[CountingPipe]:
+    port = int(local_s3.endpoint.rsplit(":", 1)[1])
+    counting = CountingPipe(port)
+    yield counting
+    counting.close()
+
+
+def _open_put(port: int, path: str, size: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    sock.sendall(
+        f"PUT /LiveApp/hls-upload/{path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Content-Length: {size}\r\nContent-Type: video/mp2t\r\n\r\n".encode()
+    )
+    return sock
+
+
+def _read_answer(sock: socket.socket) -> int:
+    received = b""
+    while (answer := parse_response(received)) is None or (
+        len(answer.body) < int(answer.header("content-length") or 0)
+    ):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        received += chunk
+    assert answer is not None, received
+    return answer.status
+
+
+def _relay_through(relay_factory: RelayFactory, endpoint: str, **env: str) -> Relay:
+    return relay_factory(
+        extra_env={"HLSRELAY_S3_ENDPOINT": endpoint, "HLSRELAY_ACK": "upload", **env}
+    )
+
+
+def _send_until_streaming(
+    relay: Relay, pipe: CountingPipe, body: bytes, sent: int = SENT_FIRST
+) -> socket.socket:
+    """Start a PUT of ``body``, send ``sent`` bytes, wait until S3 gets them."""
+    sock = _open_put(relay.port, "live/seg1.ts", len(body))
+    before = pipe.to_s3
+    sock.sendall(body[:sent])
+    # Most of what the client sent is on its way to S3 already.
+    assert pipe.wait_for(before + sent // 2, timeout_s=10), (
+        f"only {pipe.to_s3 - before} bytes went to S3 while the body arrived"
+    )
+    return sock
+
+
+def test_a_body_is_sent_to_s3_before_it_has_arrived_whole(
+    relay_factory: RelayFactory, local_s3: LocalS3, bucket: str, pipe: CountingPipe
+) -> None:
+    relay = _relay_through(relay_factory, f"http://127.0.0.1:{pipe.port}")
+    body = os.urandom(BODY)
+    sock = _send_until_streaming(relay, pipe, body)
+    sock.sendall(body[SENT_FIRST:])
+    assert _read_answer(sock) == 201
+    sock.close()
+    stored = local_s3.client().get_object(Bucket=bucket, Key="streams/live/seg1.ts")
+    assert stored["Body"].read() == body
+    assert stored["ContentType"] == "video/mp2t"
+
+
+def test_with_streaming_off_nothing_leaves_before_the_body_ends(
+    relay_factory: RelayFactory, local_s3: LocalS3, bucket: str, pipe: CountingPipe
+) -> None:
+    relay = _relay_through(
+        relay_factory,
+        f"http://127.0.0.1:{pipe.port}",
+        HLSRELAY_STREAM_UPLOADS="false",
+    )
+    body = os.urandom(BODY)
+    sock = _open_put(relay.port, "live/seg1.ts", BODY)
+    before = pipe.to_s3
+    sock.sendall(body[:SENT_FIRST])
+    assert not pipe.wait_for(before + 1, timeout_s=1.0)
+    sock.sendall(body[SENT_FIRST:])
+    assert _read_answer(sock) == 201
+    sock.close()
+    stored = local_s3.client().get_object(Bucket=bucket, Key="streams/live/seg1.ts")
+    assert stored["Body"].read() == body
+
+
+@pytest.mark.parametrize("ack", ["upload", "spool"])
+def test_a_client_that_leaves_mid_body_leaves_the_old_object(
+    relay_factory: RelayFactory,
+    local_s3: LocalS3,
+    bucket: str,
+    pipe: CountingPipe,
+    ack: str,
+) -> None:
+    relay = _relay_through(
+        relay_factory, f"http://127.0.0.1:{pipe.port}", HLSRELAY_ACK=ack
+    )
+    old = os.urandom(BODY)
+    answer = httpx.put(f"{relay.url}/LiveApp/hls-upload/live/seg1.ts", content=old)
+    assert answer.status_code == 201
+    wait_settled(relay)
+
+    new = os.urandom(BODY)
+    sock = _send_until_streaming(relay, pipe, new, sent=BODY - 1)  # all but one
+    sock.close()
+    wait_settled(relay)
+    time.sleep(0.5)  # an upload that went on would have ended by now
+
+    stored = local_s3.client().get_object(Bucket=bucket, Key="streams/live/seg1.ts")
+    assert stored["Body"].read() == old
+    log = relay.log_text()
+    assert "error=incomplete_body" in log
+    # The upload stopped for the client's sake: nothing to blame S3 for.
+    assert "S3 try failed" not in log
+
+
+def test_a_delete_sent_during_the_body_is_applied_after_it(
+    relay_factory: RelayFactory, local_s3: LocalS3, bucket: str, pipe: CountingPipe
+) -> None:
+    relay = _relay_through(relay_factory, f"http://127.0.0.1:{pipe.port}")
+    body = os.urandom(BODY)
+    sock = _send_until_streaming(relay, pipe, body)
+    deleted = httpx.delete(f"{relay.url}/LiveApp/hls-upload/live/seg1.ts")
+    assert deleted.status_code == 204
+    sock.sendall(body[SENT_FIRST:])
+    assert _read_answer(sock) == 201
+    sock.close()
+    wait_settled(relay)
+    listed = local_s3.client().list_objects_v2(Bucket=bucket, Prefix="streams/live/")
+    assert listed.get("KeyCount", 0) == 0, listed.get("Contents")
+
+
+def test_a_refused_streamed_upload_is_uploaded_again_from_the_spool(
+    relay_factory: RelayFactory, local_s3: LocalS3, bucket: str
+) -> None:
+    with FaultProxy(local_s3.endpoint) as proxy:
+        # Every try botocore makes of the streamed upload is refused; the
+        # uploader's own retry from the spool gets through.
+        proxy.fail_first_puts(3)
+        relay = _relay_through(relay_factory, proxy.url)
+        body = os.urandom(BODY)
+        answer = httpx.put(
+            f"{relay.url}/LiveApp/hls-upload/live/seg1.ts", content=body, timeout=60
+        )
+        assert answer.status_code == 201
+        stored = local_s3.client().get_object(Bucket=bucket, Key="streams/live/seg1.ts")
+        assert stored["Body"].read() == body
+        assert len(proxy.injected_for("streams/live/seg1.ts")) == 3
+    assert "streamed upload failed key=streams/live/seg1.ts" in relay.log_text()
+
+
+class RefusingSpool(Spool):
+    """A spool whose disk fills up just as a whole body is committed."""
+
+    def commit_put(self, writer: BodyWriter, entry: SpoolEntry) -> None:
+        writer.abort()
+        raise DiskFull(f"the spool's disk is full while writing {entry.key}")
+
+
+@pytest.mark.anyio
+async def test_a_body_the_spool_refuses_at_its_end_is_not_stored(
+    local_s3: LocalS3, bucket: str, pipe: CountingPipe, tmp_path: Path
+) -> None:
+    settings = Settings(
+        s3_bucket=bucket,
+        s3_endpoint=f"http://127.0.0.1:{pipe.port}",
+        s3_region=REGION,
+        s3_access_key=local_s3.access_key,
+        s3_secret_key=local_s3.secret_key,  # type: ignore[arg-type]
+        s3_addressing="path",
+        spool_dir=tmp_path / "spool",
+        ack="upload",
+    )
+    old = os.urandom(BODY)
+    local_s3.client().put_object(Bucket=bucket, Key="streams/live/seg1.ts", Body=old)
+    spool = RefusingSpool(settings.spool_dir, settings.spool_max_bytes)
+    uploader = Uploader(settings, spool, S3Storage(settings), Metrics())
+    await uploader.start()
+    upload = parse_upload(
+        "LiveApp", "live/seg1.ts", b"/LiveApp/hls-upload/live/seg1.ts", ["ts"]
+    )
+    new = os.urandom(BODY)
+    sent_before_end: list[int] = []
+
+    async def body() -> AsyncIterator[bytes]:
+        for start in range(0, BODY, 256 * 1024):
+            if start == BODY - 256 * 1024:
+                # Everything but the last slice is written; S3 has most of it.
+                with anyio.fail_after(10):
+                    while pipe.to_s3 < before + SENT_FIRST // 2:
+                        await anyio.sleep(0.01)
+                sent_before_end.append(pipe.to_s3 - before)
+            yield new[start : start + 256 * 1024]
+
+    before = pipe.to_s3
+    try:
+        with pytest.raises(DiskFull), anyio.fail_after(30):
+            await uploader.receive_put(upload, body(), BODY, declared=BODY)
+    finally:
+        await uploader.stop(grace_s=5)
+    assert sent_before_end and sent_before_end[0] >= SENT_FIRST // 2
+    stored = local_s3.client().get_object(Bucket=bucket, Key="streams/live/seg1.ts")
+    assert stored["Body"].read() == old
