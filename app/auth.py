@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -34,6 +35,9 @@ def parse_networks(items: Iterable[str]) -> list[Network]:
     return [ipaddress.ip_network(item, strict=False) for item in items]
 
 
+# Pure and called for every request with the same few peers; bounded, so a
+# flood of made-up X-Forwarded-For hops cannot grow it.
+@functools.lru_cache(maxsize=4096)
 def _parse_address(text: str) -> Address | None:
     """An address from a peer or an X-Forwarded-For hop, ports and brackets
     stripped; IPv4-mapped IPv6 (a dual-stack socket) becomes plain IPv4."""
