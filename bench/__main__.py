@@ -122,7 +122,7 @@ def plan(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "rounds": args.rounds or (5 if quick else 100),
         "warmup": 2 if quick else 5,
-        "streams": args.streams or ([2, 4] if quick else [10, 50, 100, 200]),
+        "streams": args.streams or ([2, 4] if quick else [10, 50, 100, 200, 300, 400]),
         "stream_seconds": args.stream_seconds or (6.0 if quick else 24.0),
         "ceiling_seconds": args.ceiling_seconds or (1.5 if quick else 8.0),
         "ceiling_concurrency": 4 if quick else 16,

@@ -67,9 +67,18 @@ class Bench:
         values.update(overrides)
         return Settings(**values)  # type: ignore[arg-type]
 
-    def direct_client(self, max_connections: int = 64) -> S3Client:
-        """The relay's own client construction: same config, same headers."""
-        return build_client(self.settings(s3_max_connections=max_connections))
+    def direct_client(
+        self, max_connections: int = 64, *, streamed: bool = False
+    ) -> S3Client:
+        """The relay's own client construction: same config, same headers.
+
+        ``streamed`` is the relay's client for bodies it sends while they
+        arrive (unsigned payload): the direct arm against those must not pay
+        for a payload hash the relay skips.
+        """
+        return build_client(
+            self.settings(s3_max_connections=max_connections), streamed=streamed
+        )
 
     @contextlib.contextmanager
     def relay(

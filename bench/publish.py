@@ -2,9 +2,10 @@
 
 Per round and size, in a rotating order so that drift in the machine's load
 falls on every arm alike: a direct boto3 ``put_object`` from a warmed client
-(the limit), a PUT to a relay with ``HLSRELAY_ACK=upload`` (answered once S3
-has it), and a PUT to a relay in the default spool mode (answered once it is
-fsynced; visible once the filer reports it).
+built as the relay builds the one it streams these bodies with (the limit),
+a PUT to a relay with ``HLSRELAY_ACK=upload`` (answered once S3 has it), and
+a PUT to a relay in the default spool mode (answered once it is fsynced;
+visible once the filer reports it).
 """
 
 from __future__ import annotations
@@ -29,7 +30,10 @@ VISIBLE_TIMEOUT_S = 30.0
 
 def run(bench: Bench, rounds: int, warmup: int) -> dict[str, Any]:
     started = loads()
-    client = bench.direct_client()
+    # Every size here is below the multipart threshold and has a
+    # Content-Length, so the relay streams it with its unsigned-payload
+    # client; the direct put is signed the same way.
+    client = bench.direct_client(streamed=True)
     client.head_bucket(Bucket=bench.bucket)  # warm: connection and signer
     samples: dict[str, dict[str, list[float]]] = {
         size: {"direct": [], "upload": [], "spool_ack": [], "spool_visible": []}

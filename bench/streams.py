@@ -57,6 +57,9 @@ class Load:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
+REFINE_STEPS = 2
+
+
 def playlist_body(stream: int, step: int) -> bytes:
     first = max(0, step - WINDOW + 1)
     lines = [
@@ -305,6 +308,32 @@ def _level(bench: Bench, arm: str, streams: int, seconds: float) -> dict[str, An
     return result
 
 
+def _refine(bench: Bench, arm: str, done: list[dict[str, Any]], seconds: float) -> None:
+    """Narrow the gap between the largest count passed and the first failed.
+
+    The counts tried are far apart (100, then 200); a limit reported as 100
+    may be 190. Up to REFINE_STEPS more counts halve the gap, until it is
+    within an eighth of the passing count.
+    """
+    for _ in range(REFINE_STEPS):
+        passing = [lv["streams"] for lv in done if lv["passed"]]
+        failing = [lv["streams"] for lv in done if not lv["passed"]]
+        if not passing or not failing:
+            return
+        low = max(passing)
+        above = [n for n in failing if n > low]
+        if not above:
+            return
+        high = min(above)
+        if high - low <= max(2, low // 8):
+            return
+        middle = (low + high) // 2
+        print(
+            f"[bench]   {arm} streams={middle} (between {low} and {high})", flush=True
+        )
+        done.append(_level(bench, arm, middle, seconds))
+
+
 def run(
     bench: Bench,
     counts: list[int],
@@ -329,10 +358,13 @@ def run(
             print(f"[bench]   {arm} streams={streams}", flush=True)
             done.append(_level(bench, arm, streams, seconds))
     for arm, done in levels.items():
+        _refine(bench, arm, done, seconds)
         passing = [level["streams"] for level in done if level["passed"]]
         result[arm] = {
             "levels": done,
             "max_streams_p99_under_1s": max(passing, default=0),
+            # Passed every count tried: its limit lies above the largest.
+            "limit_not_reached": bool(done) and all(lv["passed"] for lv in done),
         }
     direct_max = result.get("direct", {}).get("max_streams_p99_under_1s")
     relay_max = result.get("relay", {}).get("max_streams_p99_under_1s")
