@@ -111,6 +111,9 @@ class BodyWriter:
         self._spool.reserve(len(data))
         try:
             out.write(data)
+            # In the file, not in Python's buffer: a streamed upload reads the
+            # file through its own descriptor as soon as size counts them.
+            out.flush()
         except OSError as exc:
             self._spool.release(len(data))
             _raise_disk_error(exc, str(self.path))

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from app.growing import BodyAbandoned, GrowingBody
+from app.spool import Spool
 
 
 def _reader_in_thread(body: GrowingBody, amt: int) -> tuple[threading.Thread, list]:
@@ -127,4 +128,22 @@ def test_the_file_may_be_closed_renamed_and_removed_while_read(
     body.complete()
     (tmp_path / "entry.body").unlink()
     assert body.read(10) == b"hello"
+    body.close()
+
+
+def test_what_the_spool_writer_counts_is_in_the_file(tmp_path: Path) -> None:
+    # The last piece of a body is small; it must not sit in a buffer while
+    # the reader is told it is there.
+    spool = Spool(tmp_path / "spool", 1 << 20)
+    spool.open()
+    body_writer = spool.begin_body()
+    body = GrowingBody(body_writer, 300)
+    body_writer.write(b"a" * 100)
+    body.grow(body_writer.size)
+    body_writer.write(b"b" * 200)
+    body.grow(body_writer.size)
+    body.complete()
+    assert body.read(-1) == b"a" * 100 + b"b" * 200  # before finish() flushes
+    body_writer.finish()
+    body_writer.abort()
     body.close()
