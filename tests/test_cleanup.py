@@ -33,6 +33,7 @@ from app.errors import InvalidNotice, RetryableStorageError, UnknownCommand
 from app.locals3 import LocalS3
 from app.main import create_app
 from app.storage import BULK_DELETE_MAX, S3Storage, build_client
+from app.uploader import WRITE_SLICE
 
 WAIT_S = 90.0
 
@@ -708,7 +709,8 @@ def test_cleanup_spares_newer_publish_that_started_meanwhile(
     release = threading.Event()
 
     def held_body() -> Iterator[bytes]:
-        yield b"new 2, first half; "
+        # A whole slice, so that the relay writes it and the body file exists.
+        yield b"new 2, first half; ".ljust(WRITE_SLICE, b".")
         release.wait(WAIT_S)
         yield b"second half"
 
@@ -721,8 +723,8 @@ def test_cleanup_spares_newer_publish_that_started_meanwhile(
     sender = threading.Thread(target=put_held)
     sender.start()
     try:
-        # The relay takes a PUT's place in line before it opens the body file:
-        # once that file exists, the playlist below is ordered after it.
+        # The relay takes a PUT's place in line before it writes the body
+        # file: once that file exists, the playlist below is ordered after it.
         _wait_for(
             "the held body to be spooling",
             lambda: any((relay.spool_dir / "incoming").glob("*.part")),
@@ -743,7 +745,8 @@ def test_cleanup_spares_newer_publish_that_started_meanwhile(
     assert _bucket_keys(local_s3, bucket) == {
         "streams/stream1.m3u8": new_playlist,
         "streams/stream1_0001.ts": b"new 1",
-        "streams/stream1_0002.ts": b"new 2, first half; second half",
+        "streams/stream1_0002.ts": b"new 2, first half; ".ljust(WRITE_SLICE, b".")
+        + b"second half",
         "streams/stream10_0001.ts": b"stream10",
     }
     assert "deleting=1 kept_newer=3" in relay.log_text()

@@ -14,6 +14,7 @@ from conftest import FFmpeg, Relay, RelayFactory
 from watcher import BucketWatcher
 
 from app.locals3 import LocalS3
+from app.uploader import WRITE_SLICE
 
 pytestmark = pytest.mark.integration
 
@@ -96,7 +97,9 @@ def test_media_server_renditions_wait_for_their_segments(
 
     def held(path: str) -> None:
         def body() -> Iterator[bytes]:
-            yield b"WEBVTT\n\n" if path.endswith(".vtt") else b"first half, "
+            first = b"WEBVTT\n\n" if path.endswith(".vtt") else b"first half, "
+            # A whole slice, so that the relay writes it: the file appears.
+            yield first.ljust(WRITE_SLICE, b"\n")
             release.wait(WAIT_S)
             yield b"second half\n"
 
@@ -106,7 +109,7 @@ def test_media_server_renditions_wait_for_their_segments(
     with BucketWatcher(local_s3.client(), bucket, "streams/live/") as watcher:
         for sender in senders:
             sender.start()
-        # Each PUT takes its place in line before its body file is opened.
+        # Each PUT takes its place in line before its body file is written.
         _wait_for(
             "the held bodies to be spooling",
             lambda: len(list((relay.spool_dir / "incoming").glob("*.part"))) == 3,
