@@ -624,8 +624,9 @@ class Uploader:
     async def _on_disk(self, func: Callable[..., T], *args: Any) -> T:
         """Run spool I/O in a worker thread; a cancelled caller still waits for it.
 
-        The spool's own pool, not anyio's: a request makes several of these
-        hops, and anyio's costs several times more on the event loop.
+        The same pool as the body slices a request writes without waiting
+        (which anyio's to_thread cannot do), so one body's file operations
+        never wait behind other work in anyio's shared threads.
         """
         work = self._spool_executor.submit(func, *args)
         try:
