@@ -199,7 +199,12 @@ def _md5_where_required(
     headers["Content-MD5"] = base64.b64encode(digest).decode("ascii")
 
 
-def build_client(settings: Settings, *, streamed: bool = False) -> S3Client:
+def build_client(
+    settings: Settings,
+    *,
+    streamed: bool = False,
+    session: boto3.session.Session | None = None,
+) -> S3Client:
     """A client for the configured provider, pool sized for many streams.
 
     ``streamed`` is the client of bodies sent while they arrive: SigV4 can
@@ -233,7 +238,9 @@ def build_client(settings: Settings, *, streamed: bool = False) -> S3Client:
     secret = (
         settings.s3_secret_key.get_secret_value() if settings.s3_secret_key else None
     )
-    session = boto3.session.Session()
+    # A session of its own unless given one: a session is not thread-safe,
+    # and clients built from one share its loaded service model (MiBs).
+    session = session or boto3.session.Session()
     client = session.client(
         "s3",
         endpoint_url=settings.s3_endpoint,
@@ -351,11 +358,12 @@ class S3Storage:
     def __init__(self, settings: Settings, client: S3Client | None = None) -> None:
         self.settings = settings
         self.bucket = settings.s3_bucket or ""
-        self.client = client or build_client(settings)
+        session = boto3.session.Session()
+        self.client = client or build_client(settings, session=session)
         # Only beside a client of our own making: a test's stubbed or mocked
         # client stands for every call.
         self.stream_client = (
-            build_client(settings, streamed=True)
+            build_client(settings, streamed=True, session=session)
             if client is None and settings.stream_uploads
             else None
         )

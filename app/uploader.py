@@ -49,7 +49,9 @@ T = TypeVar("T")
 # Bodies are written to disk in slices of this size: large enough that the
 # hop to a worker thread is paid rarely, small enough to keep memory flat.
 WRITE_SLICE = 256 * 1024
-SPOOL_WRITERS = 16
+# Threads for spool I/O: mostly waiting on fsync, which takes milliseconds
+# under load; too few and every stream's PUTs queue behind them.
+SPOOL_WRITERS = 64
 BACKOFF_BASE_S = 0.2
 BACKOFF_CAP_S = 30.0
 # One failed call is not an outage (C02: a provider that refuses the first
