@@ -57,6 +57,7 @@ class FaultProxy:
         self._fail_first_puts = 0
         self._first_puts_status = (503, "ServiceUnavailable")
         self._failing_prefixes: dict[str, tuple[int, str]] = {}
+        self._unsigned_refusal: tuple[int, str] | None = None
         self.injected: list[Injected] = []
         self.forwarded = 0
         self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
@@ -88,6 +89,11 @@ class FaultProxy:
         with self._lock:
             self._failing_prefixes[prefix] = (status, code)
 
+    def refuse_unsigned(self, status: int = 400, code: str = "InvalidRequest") -> None:
+        """Refuse every request sent with UNSIGNED-PAYLOAD, as some providers do."""
+        with self._lock:
+            self._unsigned_refusal = (status, code)
+
     def clear_prefix(self, prefix: str) -> None:
         with self._lock:
             self._failing_prefixes.pop(prefix, None)
@@ -96,8 +102,12 @@ class FaultProxy:
         with self._lock:
             return [fault for fault in self.injected if fault.key.startswith(prefix)]
 
-    def _verdict(self, method: str, key: str, query: str) -> tuple[int, str] | None:
+    def _verdict(
+        self, method: str, key: str, query: str, unsigned: bool = False
+    ) -> tuple[int, str] | None:
         with self._lock:
+            if unsigned and self._unsigned_refusal is not None:
+                return self._unsigned_refusal
             for prefix, answer in self._failing_prefixes.items():
                 if key.startswith(prefix):
                     return answer
@@ -158,7 +168,10 @@ class FaultProxy:
                 split = urllib.parse.urlsplit(self.path)
                 # Path style: /{bucket}/{key}; a bucket-level call has no key.
                 _, _, key = urllib.parse.unquote(split.path).lstrip("/").partition("/")
-                verdict = proxy._verdict(self.command, key, split.query)
+                unsigned = (
+                    self.headers.get("x-amz-content-sha256") == "UNSIGNED-PAYLOAD"
+                )
+                verdict = proxy._verdict(self.command, key, split.query, unsigned)
                 if verdict is not None:
                     status, code = verdict
                     proxy._note(Injected(self.command, key, status, code))

@@ -241,6 +241,27 @@ def test_a_refused_streamed_upload_is_uploaded_again_from_the_spool(
     assert "streamed upload failed key=streams/live/seg1.ts" in relay.log_text()
 
 
+def test_a_provider_that_refuses_streamed_uploads_gets_whole_bodies(
+    relay_factory: RelayFactory, local_s3: LocalS3, bucket: str
+) -> None:
+    with FaultProxy(local_s3.endpoint) as proxy:
+        # As a provider without unsigned payloads answers.
+        proxy.refuse_unsigned(400, "InvalidRequest")
+        relay = _relay_through(relay_factory, proxy.url)
+        bodies = {f"live/seg{n}.ts": os.urandom(256 * 1024) for n in range(3)}
+        for path, body in bodies.items():
+            url = f"{relay.url}/LiveApp/hls-upload/{path}"
+            assert httpx.put(url, content=body, timeout=60).status_code == 201
+        for path, body in bodies.items():
+            stored = local_s3.client().get_object(Bucket=bucket, Key=f"streams/{path}")
+            assert stored["Body"].read() == body
+        # Only the first body was streamed; the rest went whole at once.
+        assert len(proxy.injected_for("streams/live/")) == 1
+    log = relay.log_text()
+    assert log.count("S3 refused a streamed upload") == 1
+    assert "streamed upload failed" not in log
+
+
 class RefusingSpool(Spool):
     """A spool whose disk fills up just as a whole body is committed."""
 
