@@ -3,8 +3,8 @@
 A PUT with a Content-Length goes to S3 while it arrives: the request writes
 each slice to its spool file, and botocore, in a worker thread, reads the same
 file through a ``GrowingBody`` that blocks at the end of what is written so
-far. Nothing is held in memory, and a retry inside botocore seeks back to the
-start like on any file.
+far. Nothing is held in memory, and like a file it can seek back to the
+start.
 
 The last byte is released only once the body is whole and committed to the
 spool. S3 stores an object only when it has received every byte the

@@ -405,8 +405,7 @@ class Uploader:
                     # one on the key may start; it cannot complete, since its
                     # last byte is never released.
                     early.body.abandon()
-                    with contextlib.suppress(Exception):
-                        await early.result
+                    await _settled(early.result)
                     early.body.close()
                 if writer is not None:
                     await self._on_disk(writer.abort)
@@ -726,7 +725,7 @@ class Uploader:
             return False
         finally:
             early.body.close()
-        self.storage_ok = True
+        self._storage_worked(entry.key)
         return True
 
     def _log_published(self, op: Operation, entry: SpoolEntry) -> None:
@@ -802,11 +801,7 @@ class Uploader:
                     exc_info=exc,
                 )
             else:
-                if not self.storage_ok:
-                    log.info("S3 is reachable again key=%s", entry.key)
-                self.storage_ok = True
-                self.storage_problem = ""
-                self._logged_refusals.clear()
+                self._storage_worked(entry.key)
                 return True
             if not await self._pause(delay):
                 return False
@@ -873,6 +868,13 @@ class Uploader:
             "S3 try failed op=%s key=%s try=%d code=%s", operation, key, attempt, code
         )
 
+    def _storage_worked(self, key: str) -> None:
+        if not self.storage_ok:
+            log.info("S3 is reachable again key=%s", key)
+        self.storage_ok = True
+        self.storage_problem = ""
+        self._logged_refusals.clear()
+
     def _set_storage_problem(self, detail: str) -> None:
         self.storage_ok = False  # starts the outage clock if it is not running
         self.storage_problem = detail
@@ -919,10 +921,10 @@ def _write_slice(writer: BodyWriter, data: bytes, early: EarlyUpload | None) -> 
         early.body.grow(writer.size)
 
 
-async def _settled(work: Future[Any]) -> None:
+async def _settled(work: Future[Any] | asyncio.Future[Any]) -> None:
     """Wait until work handed to a thread is over, however it ended."""
     with contextlib.suppress(Exception, asyncio.CancelledError):
-        await asyncio.wrap_future(work)
+        await (asyncio.wrap_future(work) if isinstance(work, Future) else work)
 
 
 def _is_playlist(entry: SpoolEntry) -> bool:

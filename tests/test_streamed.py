@@ -18,6 +18,9 @@ from pathlib import Path
 import anyio
 import httpx
 import pytest
+from conftest import REGION, Relay, RelayFactory
+from faultproxy import FaultProxy
+from rawhttp import parse_response, wait_settled
 
 from app.config import Settings
 from app.errors import DiskFull
@@ -27,9 +30,6 @@ from app.paths import parse_upload
 from app.spool import BodyWriter, Spool, SpoolEntry
 from app.storage import S3Storage
 from app.uploader import Uploader
-from tests.conftest import REGION, Relay, RelayFactory
-from tests.faultproxy import FaultProxy
-from tests.rawhttp import parse_response, wait_settled
 
 pytestmark = pytest.mark.integration
 
