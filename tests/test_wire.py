@@ -101,6 +101,16 @@ def checksum_headers(record: Recorded) -> list[str]:
     )
 
 
+def assert_plain(put: Recorded) -> None:
+    """The segment went as it is: its own length, no framing, no checksums."""
+    assert checksum_headers(put) == []
+    assert "content-encoding" not in put.headers
+    assert "transfer-encoding" not in put.headers
+    assert put.headers["content-length"] == str(len(SEGMENT))
+    assert put.body == SEGMENT
+    assert put.headers["content-type"] == "video/mp2t"
+
+
 def crc32_of(data: bytes) -> str:
     return base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
 
@@ -115,17 +125,12 @@ def test_wire_when_required_upload_is_plain_and_signed(
     push_stream(relay_factory, proxy, test_ca, local_s3, bucket, chunked=True)
 
     put = segment_put(proxy, bucket)
-    assert checksum_headers(put) == []
-    assert "content-encoding" not in put.headers
-    assert "transfer-encoding" not in put.headers
+    assert_plain(put)
     assert "x-amz-trailer" not in put.headers
-    assert put.headers["content-length"] == str(len(SEGMENT))
     assert put.headers["x-amz-content-sha256"] == hashlib.sha256(SEGMENT).hexdigest()
-    assert put.body == SEGMENT
     # Nothing is sent for what the operator did not configure (C16).
     assert "x-amz-acl" not in put.headers
     assert "x-amz-storage-class" not in put.headers
-    assert put.headers["content-type"] == "video/mp2t"
 
 
 def test_wire_streamed_upload_is_plain_with_its_headers_signed(
@@ -138,17 +143,12 @@ def test_wire_streamed_upload_is_plain_with_its_headers_signed(
     push_stream(relay_factory, proxy, test_ca, local_s3, bucket)
 
     put = segment_put(proxy, bucket)
-    assert checksum_headers(put) == []
-    assert "content-encoding" not in put.headers
-    assert "transfer-encoding" not in put.headers
+    assert_plain(put)
     # The payload cannot be hashed before it has arrived; the headers are
     # signed, the length among them, so S3 takes nothing shorter or longer.
     assert put.headers["x-amz-content-sha256"] == "UNSIGNED-PAYLOAD"
-    assert put.headers["content-length"] == str(len(SEGMENT))
     signed = put.headers["authorization"].split("SignedHeaders=")[1].split(",")[0]
     assert "content-length" in signed.split(";")
-    assert put.body == SEGMENT
-    assert put.headers["content-type"] == "video/mp2t"
 
 
 def test_wire_when_supported_upload_over_tls_is_aws_chunked(
