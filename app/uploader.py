@@ -675,10 +675,12 @@ class Uploader:
             else ("playlist" if op.is_playlist else "media")
         )
         started = time.monotonic()
-        if not await self._early_done(entry, early) and not (
-            await self._apply_until_done(entry)
-        ):
-            return  # stopping: the entry stays in the spool
+        streamed = await self._early_done(entry, early)
+        if streamed is not True:
+            if not await self._apply_until_done(entry):
+                return  # stopping: the entry stays in the spool
+            if isinstance(streamed, StorageError):
+                self._note_streaming_refused(entry.key, streamed)
         self.metrics.upload_seconds.labels(kind).observe(time.monotonic() - started)
         self.metrics.uploads.labels(entry.app, kind).inc()
         if entry.action == "put":
@@ -694,39 +696,55 @@ class Uploader:
         self.barrier.finished(op.seq)
         self._pump()
 
-    async def _early_done(self, entry: SpoolEntry, early: EarlyUpload | None) -> bool:
-        """Whether the upload that started with the body has stored it."""
+    async def _early_done(
+        self, entry: SpoolEntry, early: EarlyUpload | None
+    ) -> bool | StorageError:
+        """True once the upload that started with the body has stored it.
+
+        Otherwise False, or the final refusal S3 gave it: the spool has the
+        whole body, and the caller uploads it from there.
+        """
         if early is None:
             return False
         try:
             await early.result
-        except Exception as exc:
-            # The spool has the whole body: upload it from there, with retries.
-            final = isinstance(exc, StorageError) and not isinstance(
-                exc, RetryableStorageError
-            )
-            if final and not self._streaming_refused:
-                # A provider that takes no UNSIGNED-PAYLOAD refuses them all:
-                # one line, then whole bodies only, as before streaming.
-                self._streaming_refused = True
-                log.error(
-                    "S3 refused a streamed upload key=%s; bodies are sent whole "
-                    "from now on (restart to try again, or set "
-                    "HLSRELAY_STREAM_UPLOADS=false): %s",
-                    entry.key,
-                    exc,
-                )
-            else:
+        except StorageError as exc:
+            if isinstance(exc, RetryableStorageError):
                 log.warning(
                     "streamed upload failed key=%s; uploading from the spool: %s",
                     entry.key,
                     exc,
                 )
+                return False
+            # Said once, by the upload from the spool, if that is refused too.
+            log.debug("streamed upload refused key=%s: %s", entry.key, exc)
+            return exc
+        except Exception as exc:
+            log.warning(
+                "streamed upload failed key=%s; uploading from the spool: %s",
+                entry.key,
+                exc,
+            )
             return False
         finally:
             early.body.close()
         self._storage_worked(entry.key)
         return True
+
+    def _note_streaming_refused(self, key: str, refusal: StorageError) -> None:
+        """S3 refused a streamed body and took the same body whole."""
+        if self._streaming_refused:
+            return
+        # A provider that takes no UNSIGNED-PAYLOAD refuses them all: one
+        # line, then whole bodies only, as before streaming.
+        self._streaming_refused = True
+        log.error(
+            "S3 refused a streamed upload and took the same body whole key=%s; "
+            "bodies are sent whole from now on (restart to try again, or set "
+            "HLSRELAY_STREAM_UPLOADS=false): %s",
+            key,
+            refusal,
+        )
 
     def _log_published(self, op: Operation, entry: SpoolEntry) -> None:
         if op.missing:

@@ -258,7 +258,7 @@ def test_a_provider_that_refuses_streamed_uploads_gets_whole_bodies(
         # Only the first body was streamed; the rest went whole at once.
         assert len(proxy.injected_for("streams/live/")) == 1
     log = relay.log_text()
-    assert log.count("S3 refused a streamed upload") == 1
+    assert log.count("S3 refused a streamed upload and took the same body") == 1
     assert "streamed upload failed" not in log
 
 
