@@ -210,16 +210,17 @@ def test_spool_body_past_the_limit_is_refused_and_leaves_entries_alone(
     assert spool.used_bytes == 6_000
 
 
-def test_spool_full_disk_on_finish_is_disk_full(spool: Spool, tmp_path: Path) -> None:
-    # /dev/full takes writes into the buffer and fails the flush with ENOSPC,
-    # as a filling disk does; the link keeps abort() away from the device.
+def test_spool_full_disk_on_write_is_disk_full(spool: Spool, tmp_path: Path) -> None:
+    # /dev/full fails every write with ENOSPC, as a filling disk does; each
+    # slice is flushed as it is written, so the write that hits it says so.
+    # The link keeps abort() away from the device.
     full = tmp_path / "full"
     full.symlink_to("/dev/full")
     writer = BodyWriter(spool, full)
-    writer.write(b"x" * 100)
 
     with pytest.raises(DiskFull, match="disk is full"):
-        writer.finish()
+        writer.write(b"x" * 100)
+    assert spool.used_bytes == 0
     writer.abort()
     assert spool.used_bytes == 0
     assert Path("/dev/full").exists()
