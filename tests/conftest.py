@@ -3,6 +3,7 @@ real relay processes started against them."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -144,11 +145,9 @@ class Relay:
                     f"relay exited with code {self._proc.returncode} during "
                     f"start-up; log {self.log_path}:\n{self.log_text()[-4000:]}"
                 )
-            try:
+            with contextlib.suppress(httpx.HTTPError):  # not listening yet
                 if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
                     return
-            except httpx.HTTPError:
-                pass
             time.sleep(0.05)
         self.kill()
         raise RuntimeError(

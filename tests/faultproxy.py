@@ -150,7 +150,7 @@ class FaultProxy:
             protocol_version = "HTTP/1.1"
 
             def log_message(self, format: str, *args: object) -> None:
-                pass
+                """Quiet: tests read what was recorded, not a log."""
 
             def _body(self) -> bytes:
                 if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
@@ -158,8 +158,9 @@ class FaultProxy:
                     while size := int(self.rfile.readline().split(b";")[0], 16):
                         data += self.rfile.read(size)
                         self.rfile.readline()
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass
+                    for line in iter(self.rfile.readline, b""):
+                        if line in (b"\r\n", b"\n"):
+                            break
                     return data
                 return self.rfile.read(int(self.headers.get("Content-Length", "0")))
 

@@ -91,8 +91,9 @@ class NaiveHandler(BaseHTTPRequestHandler):
                 size = int(self.rfile.readline().split(b";", 1)[0].strip(), 16)
                 if size == 0:
                     # Trailer section: header lines up to an empty line.
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass
+                    for line in iter(self.rfile.readline, b""):
+                        if line in (b"\r\n", b"\n"):
+                            break
                     return b"".join(chunks)
                 chunks.append(self.rfile.read(size))
                 self.rfile.readline()

@@ -296,6 +296,7 @@ def mismatches(
 def wait_settled(relay_url: str, timeout_s: float = 90.0) -> None:
     """Poll the relay's /metrics until it has nothing left to apply to S3."""
     deadline = time.monotonic() + timeout_s
+    text = ""
     while time.monotonic() < deadline:
         try:
             text = httpx.get(f"{relay_url}/metrics", timeout=5).text
@@ -305,8 +306,10 @@ def wait_settled(relay_url: str, timeout_s: float = 90.0) -> None:
         files = re.search(r"^hlsrelay_spool_files (\S+)$", text, re.M)
         if pending and files and float(pending[1]) == 0 and float(files[1]) == 0:
             return
-        time.sleep(0.2)
-    raise AssertionError(f"relay {relay_url} still busy after {timeout_s:g} s")
+        time.sleep(0.1)
+    raise AssertionError(
+        f"relay {relay_url} still busy after {timeout_s:g} s:\n{text[-2000:]}"
+    )
 
 
 def wait_for_bucket(

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import httpx
+import pusher
 from conftest import Relay, free_port
 
 from app.locals3 import REGION, LocalS3
@@ -138,19 +138,7 @@ def spool_files(spool_dir: Path) -> set[str]:
 
 def wait_settled(relay: Relay, timeout_s: float = 60.0) -> None:
     """Poll /metrics until nothing received is still waiting for S3."""
-    deadline = time.monotonic() + timeout_s
-    text = ""
-    while time.monotonic() < deadline:
-        try:
-            text = httpx.get(f"{relay.url}/metrics", timeout=5).text
-        except httpx.HTTPError:
-            text = ""
-        pending = re.search(r"^hlsrelay_pending_operations (\S+)$", text, re.M)
-        files = re.search(r"^hlsrelay_spool_files (\S+)$", text, re.M)
-        if pending and files and float(pending[1]) == 0 and float(files[1]) == 0:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"relay still busy after {timeout_s:g} s:\n{text[-2000:]}")
+    pusher.wait_settled(relay.url, timeout_s)
 
 
 def start_relay(

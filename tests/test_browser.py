@@ -6,6 +6,7 @@ Each test leaves a screenshot and the player's event log under test-artifacts/.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -185,11 +186,9 @@ def wait_landed(
     while missing and time.monotonic() < deadline:
         assert encoder.is_live, f"ffmpeg exited early:\n{encoder.log_text()}"
         for key in list(missing):
-            try:
+            with contextlib.suppress(ClientError):  # not there yet
                 client.head_object(Bucket=bucket, Key=key)
                 missing.remove(key)
-            except ClientError:
-                pass
         time.sleep(POLL_S)
     assert not missing, f"not in the bucket after {LANDED_TIMEOUT_S:g} s: {missing}"
 

@@ -65,14 +65,12 @@ class CountingPipe:
             ).start()
 
     def _pump(self, source: socket.socket, sink: socket.socket, counted: bool) -> None:
-        try:
+        with contextlib.suppress(OSError):  # either side hung up
             while data := source.recv(65536):
                 if counted:
                     with self._lock:
                         self.to_s3 += len(data)
                 sink.sendall(data)
-        except OSError:
-            pass
         for sock in (source, sink):
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)

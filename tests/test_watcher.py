@@ -3,6 +3,7 @@ segments, or its zero violations in the real tests would prove nothing."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -46,11 +47,9 @@ def naive_relay_url(local_s3: LocalS3, bucket: str, tmp_path: Path) -> Iterator[
         deadline = time.monotonic() + 20
         while True:
             assert proc.poll() is None, log_path.read_text()
-            try:
+            with contextlib.suppress(httpx.HTTPError):  # not listening yet
                 if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
                     break
-            except httpx.HTTPError:
-                pass
             assert time.monotonic() < deadline, "naive relay did not start"
             time.sleep(0.05)
         yield url
