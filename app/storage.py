@@ -445,20 +445,29 @@ class S3Storage:
         S3 is then dropped short of the Content-Length, and nothing is stored.
         """
         assert self.stream_client is not None
-        extra = self._extra_args(content_type, cache_control)
-        try:
-            self.stream_client.put_object(
-                Bucket=self.bucket, Key=key, Body=body, ContentLength=size, **extra
-            )
-        except Exception as exc:
-            raise map_error(exc, f"PUT {key!r}") from exc
+        self._put_object(
+            self.stream_client, key, body, content_type, cache_control, size
+        )
 
     def put_bytes(
         self, key: str, data: bytes, content_type: str, cache_control: str
     ) -> None:
+        self._put_object(self.client, key, data, content_type, cache_control)
+
+    def _put_object(
+        self,
+        client: S3Client,
+        key: str,
+        body: Any,
+        content_type: str,
+        cache_control: str,
+        size: int | None = None,
+    ) -> None:
         extra = self._extra_args(content_type, cache_control)
+        if size is not None:
+            extra["ContentLength"] = size
         try:
-            self.client.put_object(Bucket=self.bucket, Key=key, Body=data, **extra)
+            client.put_object(Bucket=self.bucket, Key=key, Body=body, **extra)
         except Exception as exc:
             raise map_error(exc, f"PUT {key!r}") from exc
 

@@ -708,18 +708,13 @@ class Uploader:
             return False
         try:
             await early.result
-        except StorageError as exc:
-            if isinstance(exc, RetryableStorageError):
-                log.warning(
-                    "streamed upload failed key=%s; uploading from the spool: %s",
-                    entry.key,
-                    exc,
-                )
-                return False
-            # Said once, by the upload from the spool, if that is refused too.
-            log.debug("streamed upload refused key=%s: %s", entry.key, exc)
-            return exc
         except Exception as exc:
+            if isinstance(exc, StorageError) and not isinstance(
+                exc, RetryableStorageError
+            ):
+                # Said once, by the upload from the spool, if refused too.
+                log.debug("streamed upload refused key=%s: %s", entry.key, exc)
+                return exc
             log.warning(
                 "streamed upload failed key=%s; uploading from the spool: %s",
                 entry.key,
