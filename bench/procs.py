@@ -33,9 +33,14 @@ class BenchError(RuntimeError):
     """A process the benchmark needs could not be started or used."""
 
 
-def cpu_times(pid: int) -> tuple[float, float]:
-    """User and system CPU seconds of a process, its exited threads included."""
-    text = Path(f"/proc/{pid}/stat").read_text()
+def cpu_times(pid: int, tid: int | None = None) -> tuple[float, float]:
+    """User and system CPU seconds of a process, its exited threads included.
+
+    With ``tid``, those of that one thread of it; the process's own id names
+    its main thread (the relay's event loop).
+    """
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
+    text = Path(path).read_text()
     # The command name (field 2) may hold spaces; fields after it are plain.
     fields = text[text.rindex(")") + 2 :].split()
     return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
@@ -77,6 +82,9 @@ class Usage:
     rss_start: int
     rss_peak: int
     rss_end: int
+    # CPU of the main thread alone: for the relay, its event loop, where
+    # every request is parsed and answered; the rest is its worker threads.
+    main_thread_cpu_s: float = 0.0
 
     @property
     def cores(self) -> float:
@@ -88,6 +96,7 @@ class Usage:
             "system_s": round(self.system_s, 3),
             "wall_s": round(self.wall_s, 3),
             "cores": round(self.cores, 3),
+            "main_thread_cpu_s": round(self.main_thread_cpu_s, 3),
             "rss_start_mib": round(self.rss_start / 2**20, 1),
             "rss_peak_mib": round(self.rss_peak / 2**20, 1),
             "rss_end_mib": round(self.rss_end / 2**20, 1),
@@ -104,12 +113,14 @@ class UsageWatch:
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._peak = 0
         self._start_cpu = (0.0, 0.0)
+        self._start_main = (0.0, 0.0)
         self._start_wall = 0.0
         self._start_rss = 0
         self.usage: Usage | None = None
 
     def __enter__(self) -> UsageWatch:
         self._start_cpu = cpu_times(self.pid)
+        self._start_main = cpu_times(self.pid, self.pid)
         self._start_wall = time.monotonic()
         self._start_rss = self._peak = rss_bytes(self.pid)
         self._thread.start()
@@ -125,6 +136,7 @@ class UsageWatch:
         self._thread.join()
         rss = rss_bytes(self.pid)
         user, system = cpu_times(self.pid)
+        main = cpu_times(self.pid, self.pid)
         self.usage = Usage(
             cpu_s=user + system - sum(self._start_cpu),
             system_s=system - self._start_cpu[1],
@@ -132,6 +144,7 @@ class UsageWatch:
             rss_start=self._start_rss,
             rss_peak=max(self._peak, rss),
             rss_end=rss,
+            main_thread_cpu_s=sum(main) - sum(self._start_main),
         )
 
     def _run(self) -> None:

@@ -115,10 +115,20 @@ def _stream_rows(document: dict[str, Any]) -> list[Row]:
         levels = _get(document, "streams", arm, "levels") or []
         for level in sorted(levels, key=lambda lv: lv["streams"]):
             usage = level.get("relay")
+            s3_cores = level.get("s3", {}).get("cores", 0)
             if usage:
-                cost = f"relay {usage['cores']:g} cores, {usage['rss_peak_mib']:g} MiB"
+                cost = (
+                    f"relay {usage['cores']:g} cores, "
+                    f"{level.get('relay_cpu_ms_per_cycle', '-')} ms CPU/cycle "
+                    f"(event loop {level.get('relay_loop_cpu_ms_per_cycle', '-')}), "
+                    f"{usage['rss_peak_mib']:g} MiB; S3 {s3_cores:g} cores"
+                )
             else:
-                cost = f"uploader {level['generator'].get('cores', 0):g} cores"
+                cost = (
+                    f"uploader {level['generator'].get('cores', 0):g} cores, "
+                    f"{level.get('uploader_cpu_ms_per_cycle', '-')} ms CPU/cycle; "
+                    f"S3 {s3_cores:g} cores"
+                )
             rows.append(
                 (
                     f"streams {arm} N={level['streams']}",

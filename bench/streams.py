@@ -302,9 +302,22 @@ def _level(bench: Bench, arm: str, streams: int, seconds: float) -> dict[str, An
         "load_start": started,
         "load_end": loads(),
     }
+    cycles = max(1, len(load.versions))
     if relay_use is not None and relay_use.usage is not None:
         result["relay"] = relay_use.usage.as_dict()
         result["relay_metrics"] = relay_metrics
+        # One cycle is a stream's segment, its playlist and its delete.
+        result["relay_cpu_ms_per_cycle"] = round(
+            relay_use.usage.cpu_s * 1000 / cycles, 2
+        )
+        result["relay_loop_cpu_ms_per_cycle"] = round(
+            relay_use.usage.main_thread_cpu_s * 1000 / cycles, 2
+        )
+    elif own_use.usage is not None:
+        # The direct arm's uploader is this process, load generation included.
+        result["uploader_cpu_ms_per_cycle"] = round(
+            own_use.usage.cpu_s * 1000 / cycles, 2
+        )
     return result
 
 

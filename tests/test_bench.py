@@ -90,6 +90,14 @@ def test_bench_quick_run_measures_real_latencies(quick_run: dict[str, object]) -
         levels = sections["streams"][arm]["levels"]
         assert levels and all(level["versions"] > 0 for level in levels)
         assert all(_positive(level["latency"]["p50_ms"]) for level in levels)
+    for level in sections["streams"]["relay"]["levels"]:
+        total, loop = (
+            level["relay_cpu_ms_per_cycle"],
+            level["relay_loop_cpu_ms_per_cycle"],
+        )
+        assert _positive(loop) and loop <= total, level
+    for level in sections["streams"]["direct"]["levels"]:
+        assert _positive(level["uploader_cpu_ms_per_cycle"]), level
     for size in ("100KiB", "1MiB"):
         ceiling = sections["ceiling"]["sizes"][size]
         assert _positive(ceiling["relay"]["puts_per_s"])
