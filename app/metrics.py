@@ -196,6 +196,22 @@ class Metrics:
             ["application"],
             registry=r,
         )
+        self.streamed_uploads = Counter(
+            "hlsrelay_streamed_uploads_total",
+            "Media uploads started while their body still arrived, by outcome: "
+            "stored (S3 took the streamed body), resent (it failed, and the body "
+            "went again from the spool), abandoned (the request failed first; "
+            "nothing of it was stored).",
+            ["outcome"],
+            registry=r,
+        )
+        self.stream_uploads_enabled = Gauge(
+            "hlsrelay_stream_uploads_enabled",
+            "1 while bodies with a Content-Length go to S3 as they arrive; 0 when "
+            "HLSRELAY_STREAM_UPLOADS is off or S3 refused a streamed body (until "
+            "a restart).",
+            registry=r,
+        )
         self.superseded = Counter(
             "hlsrelay_superseded_total",
             "Operations dropped because a newer one on the same key arrived.",

@@ -127,6 +127,7 @@ class Uploader:
         self._early_bodies: set[GrowingBody] = set()
         # Set when S3 refused a streamed upload outright (not a passing error).
         self._streaming_refused = False
+        metrics.stream_uploads_enabled.set(int(self._streaming_on()))
         self._early_executor = ThreadPoolExecutor(
             max_workers=self._early_slots, thread_name_prefix="s3-stream"
         )
@@ -407,6 +408,7 @@ class Uploader:
                     early.body.abandon()
                     await _settled(early.result)
                     early.body.close()
+                    self.metrics.streamed_uploads.labels("abandoned").inc()
                 if writer is not None:
                     await self._on_disk(writer.abort)
                 self.barrier.abort(seq)
@@ -419,13 +421,18 @@ class Uploader:
     def _may_stream(self, seq: int, declared: int) -> bool:
         """Whether this body can go to S3 while it arrives (SPEC guarantee 5)."""
         return (
-            self.settings.stream_uploads
-            and getattr(self.storage, "stream_client", None) is not None
+            self._streaming_on()
             and 0 < declared < self.settings.multipart_threshold_bytes
-            and not self._streaming_refused
             and len(self._early_bodies) < self._early_slots
             and self.storage_ok
             and self.barrier.start_early(seq)
+        )
+
+    def _streaming_on(self) -> bool:
+        return (
+            self.settings.stream_uploads
+            and getattr(self.storage, "stream_client", None) is not None
+            and not self._streaming_refused
         )
 
     def _start_early(
@@ -709,6 +716,7 @@ class Uploader:
         try:
             await early.result
         except Exception as exc:
+            self.metrics.streamed_uploads.labels("resent").inc()
             if isinstance(exc, StorageError) and not isinstance(
                 exc, RetryableStorageError
             ):
@@ -724,6 +732,7 @@ class Uploader:
         finally:
             early.body.close()
         self._storage_worked(entry.key)
+        self.metrics.streamed_uploads.labels("stored").inc()
         return True
 
     def _note_streaming_refused(self, key: str, refusal: StorageError) -> None:
@@ -733,6 +742,7 @@ class Uploader:
         # A provider that takes no UNSIGNED-PAYLOAD refuses them all: one
         # line, then whole bodies only, as before streaming.
         self._streaming_refused = True
+        self.metrics.stream_uploads_enabled.set(0)
         log.error(
             "S3 refused a streamed upload and took the same body whole key=%s; "
             "bodies are sent whole from now on (restart to try again, or set "

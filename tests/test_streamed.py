@@ -21,6 +21,7 @@ import pytest
 from conftest import REGION, Relay, RelayFactory
 from faultproxy import FaultProxy
 from rawhttp import parse_response, wait_settled
+from test_metrics import scrape, value
 
 from app.config import Settings
 from app.errors import DiskFull
@@ -120,6 +121,17 @@ def _read_answer(sock: socket.socket) -> int:
     return answer.status
 
 
+def _streamed(relay: Relay) -> dict[str, float]:
+    """The relay's count of streamed uploads by outcome, and whether it streams."""
+    samples = scrape(relay)
+    counts = {
+        outcome: value(samples, "hlsrelay_streamed_uploads_total", outcome=outcome)
+        for outcome in ("stored", "resent", "abandoned")
+    }
+    counts["enabled"] = value(samples, "hlsrelay_stream_uploads_enabled")
+    return counts
+
+
 def _relay_through(relay_factory: RelayFactory, endpoint: str, **env: str) -> Relay:
     return relay_factory(
         extra_env={"HLSRELAY_S3_ENDPOINT": endpoint, "HLSRELAY_ACK": "upload", **env}
@@ -152,6 +164,10 @@ def test_a_body_is_sent_to_s3_before_it_has_arrived_whole(
     stored = local_s3.client().get_object(Bucket=bucket, Key="streams/live/seg1.ts")
     assert stored["Body"].read() == body
     assert stored["ContentType"] == "video/mp2t"
+    wait_settled(relay)
+    assert _streamed(relay) == {
+        "stored": 1.0, "resent": 0.0, "abandoned": 0.0, "enabled": 1.0
+    }  # fmt: skip
 
 
 def test_with_streaming_off_nothing_leaves_before_the_body_ends(
@@ -172,6 +188,9 @@ def test_with_streaming_off_nothing_leaves_before_the_body_ends(
     sock.close()
     stored = local_s3.client().get_object(Bucket=bucket, Key="streams/live/seg1.ts")
     assert stored["Body"].read() == body
+    assert _streamed(relay) == {
+        "stored": 0.0, "resent": 0.0, "abandoned": 0.0, "enabled": 0.0
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize("ack", ["upload", "spool"])
@@ -202,6 +221,8 @@ def test_a_client_that_leaves_mid_body_leaves_the_old_object(
     assert "error=incomplete_body" in log
     # The upload stopped for the client's sake: nothing to blame S3 for.
     assert "S3 try failed" not in log
+    counts = _streamed(relay)
+    assert (counts["abandoned"], counts["resent"], counts["enabled"]) == (1, 0, 1)
 
 
 def test_a_delete_sent_during_the_body_is_applied_after_it(
@@ -237,6 +258,9 @@ def test_a_refused_streamed_upload_is_uploaded_again_from_the_spool(
         assert stored["Body"].read() == body
         assert len(proxy.injected_for("streams/live/seg1.ts")) == 3
     assert "streamed upload failed key=streams/live/seg1.ts" in relay.log_text()
+    assert _streamed(relay) == {
+        "stored": 0.0, "resent": 1.0, "abandoned": 0.0, "enabled": 1.0
+    }  # fmt: skip
 
 
 def test_a_provider_that_refuses_streamed_uploads_gets_whole_bodies(
@@ -258,6 +282,9 @@ def test_a_provider_that_refuses_streamed_uploads_gets_whole_bodies(
     log = relay.log_text()
     assert log.count("S3 refused a streamed upload and took the same body") == 1
     assert "streamed upload failed" not in log
+    assert _streamed(relay) == {
+        "stored": 0.0, "resent": 1.0, "abandoned": 0.0, "enabled": 0.0
+    }  # fmt: skip
 
 
 class RefusingSpool(Spool):
