@@ -82,8 +82,14 @@ class NotFound(RelayError):
 
 
 class MethodNotAllowed(RelayError):
+    """``allow`` is the Allow value: what the resource does take (RFC 9110 15.5.6)."""
+
     status = 405
     error = "method_not_allowed"
+
+    def __init__(self, detail: str, *, allow: str) -> None:
+        super().__init__(detail)
+        self.allow = allow
 
 
 class Unauthorized(RelayError):

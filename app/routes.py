@@ -37,7 +37,7 @@ from app.openapi import (
     PUT_RESPONSES,
     READY_RESPONSES,
 )
-from app.paths import Upload, parse_upload
+from app.paths import Upload, extension_of, parse_upload
 from app.readiness import Readiness
 from app.storage import S3Storage
 from app.uploader import Uploader
@@ -46,6 +46,18 @@ log = logging.getLogger(__name__)
 
 UPLOAD_PATH = "/{application}/hls-upload/{path:path}"
 MAX_DELETE_BODY = 64 * 1024
+# What the upload path takes, by kind of file: only a playlist can be read
+# back. Starlette's own 405 names the methods of one of the path's routes.
+ALLOW_PLAYLIST = "DELETE, GET, POST, PUT"
+ALLOW_MEDIA = "DELETE, POST, PUT"
+
+
+def upload_allow(path: str) -> str | None:
+    """The Allow value for a request path on the upload route, else None."""
+    _, marker, rest = path.partition("/hls-upload/")
+    if not marker or not rest:
+        return None
+    return ALLOW_PLAYLIST if extension_of(rest) == "m3u8" else ALLOW_MEDIA
 
 
 @dataclass
@@ -171,7 +183,9 @@ async def get_playlist(application: str, path: str, request: Request) -> Respons
     relay = get_relay(request)
     upload = _upload(relay, application, path, request)
     if upload.kind != "playlist":
-        raise MethodNotAllowed("only playlists can be read back from the upload path")
+        raise MethodNotAllowed(
+            "only playlists can be read back from the upload path", allow=ALLOW_MEDIA
+        )
 
     key = relay.settings.key_for(upload.app, upload.path)
     data = None
@@ -241,6 +255,9 @@ def install_error_handlers(app: FastAPI) -> None:
         challenge = getattr(exc, "challenge", "")
         if challenge:
             headers = {"WWW-Authenticate": challenge}
+        allow = getattr(exc, "allow", "")
+        if allow:
+            headers = {"Allow": allow}
         level = (
             logging.WARNING if exc.status >= 500 or exc.status == 413 else logging.INFO
         )
@@ -262,7 +279,13 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, StarletteHTTPException)
         names = {404: "not_found", 405: "method_not_allowed"}
         error = names.get(exc.status_code, "http_error")
-        return _error(exc.status_code, error, str(exc.detail), dict(exc.headers or {}))
+        headers = dict(exc.headers or {})
+        detail = str(exc.detail)
+        if exc.status_code == 405:
+            allow = upload_allow(request.url.path) or headers.get("Allow", "")
+            headers["Allow"] = allow
+            detail = f"{request.method[:16]} is not allowed here; allowed: {allow}"
+        return _error(exc.status_code, error, detail, headers)
 
     async def validation_error(request: Request, exc: Exception) -> JSONResponse:
         return _error(

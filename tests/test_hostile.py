@@ -370,6 +370,9 @@ def test_hostile_request_is_refused_and_changes_nothing(
         assert isinstance(body["detail"], str) and body["detail"]
     if case.status == 401:
         assert "Bearer" in (response.header("www-authenticate") or "")
+    if case.status == 405:
+        # Every case here is a media file: it can be written and deleted only.
+        assert response.header("allow") == "DELETE, POST, PUT"
 
     wait_settled(relay)
     assert bucket_keys(s3, bucket) == keys_before
@@ -388,3 +391,25 @@ def test_hostile_relay_stores_a_clean_request(
     assert response is not None and response.status == 201
     wait_settled(relay)
     assert "streams/control/ok.ts" in bucket_keys(s3, bucket)
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "allow"),
+    [
+        ("PATCH", up("live/index.m3u8"), "DELETE, GET, POST, PUT"),
+        ("PATCH", up("live/seg1.ts"), "DELETE, POST, PUT"),
+        ("POST", "/healthz", "GET"),
+    ],
+)
+def test_a_method_not_allowed_is_told_what_is(
+    method: str, target: str, allow: str, hostile_relay: tuple[Relay, str]
+) -> None:
+    relay, _ = hostile_relay
+    response = send_raw(relay.port, request_bytes(method, target, headers=AUTH))
+
+    assert response is not None and response.status == 405
+    assert response.header("allow") == allow
+    assert response.json() == {
+        "error": "method_not_allowed",
+        "detail": f"{method} is not allowed here; allowed: {allow}",
+    }
