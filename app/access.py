@@ -75,6 +75,8 @@ class AccessMiddleware:
         rid = _request_id(scope)
         rid_token = logs.request_id.set(rid)
         app_token = logs.application.set(application_of(scope["path"]))
+        refusal = logs.Refusal()
+        refusal_token = logs.refusal.set(refusal)
         started = time.perf_counter()
         status = 0
         received = 0
@@ -111,12 +113,21 @@ class AccessMiddleware:
             raise
         finally:
             self.metrics.requests_in_flight.dec()
-            self._record(scope, status, time.perf_counter() - started, received, sent)
+            self._record(
+                scope, status, time.perf_counter() - started, received, sent, refusal
+            )
+            logs.refusal.reset(refusal_token)
             logs.application.reset(app_token)
             logs.request_id.reset(rid_token)
 
     def _record(
-        self, scope: Scope, status: int, duration: float, received: int, sent: int
+        self,
+        scope: Scope,
+        status: int,
+        duration: float,
+        received: int,
+        sent: int,
+        refusal: logs.Refusal,
     ) -> None:
         route = route_template(scope)
         method = method_label(scope["method"])
@@ -130,11 +141,16 @@ class AccessMiddleware:
             level = logging.DEBUG
         else:
             level = logging.INFO
+        # A refusal says why at the end of the line, after its error name.
+        why = ""
+        if refusal.error:
+            level = max(level, refusal.level)
+            why = f" error={refusal.error}: {refusal.detail}"
         # The query string stays out: forwarding URLs may carry signed tokens.
         log.log(
             level,
             "request method=%s path=%r route=%s status=%d duration=%.4f "
-            "bytes_in=%d bytes_out=%d client=%s",
+            "bytes_in=%d bytes_out=%d client=%s%s",
             scope["method"][:16],
             path[:300],
             route,
@@ -143,4 +159,5 @@ class AccessMiddleware:
             received,
             sent,
             client_address(scope, self.trusted_proxies) or "-",
+            why,
         )

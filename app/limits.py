@@ -14,6 +14,7 @@ from collections import Counter
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app import logs
 from app.auth import client_address, parse_networks
 from app.config import Settings
 from app.errors import (
@@ -67,12 +68,13 @@ class RequestLimits:
         try:
             check_request_path(scope["path"], scope.get("raw_path") or b"")
         except InvalidPath as exc:
-            log.info(
-                "refused method=%s path=%r status=400: %s",
-                scope["method"][:16],
-                scope.get("raw_path", b"").decode("latin-1")[:200],
-                exc.detail,
-            )
+            if not logs.note_refusal(exc.error, exc.detail):
+                log.info(
+                    "refused method=%s path=%r status=400: %s",
+                    scope["method"][:16],
+                    scope.get("raw_path", b"").decode("latin-1")[:200],
+                    exc.detail,
+                )
             await _answer(exc, scope, receive, send)
             return
         if not _has_body(scope):

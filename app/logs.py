@@ -15,6 +15,7 @@ import logging
 import re
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from app.config import Settings
@@ -27,6 +28,32 @@ request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 application: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "hlsrelay_application", default=None
 )
+
+
+@dataclass
+class Refusal:
+    """Why a request was refused, told to its access line (one line a request)."""
+
+    error: str = ""
+    detail: str = ""
+    level: int = logging.INFO
+
+
+# Also set by the access middleware; a shared object, so that a refusal noted
+# in a context copied from the request's (a task, say) still reaches it.
+refusal: contextvars.ContextVar[Refusal | None] = contextvars.ContextVar(
+    "hlsrelay_refusal", default=None
+)
+
+
+def note_refusal(error: str, detail: str, level: int = logging.INFO) -> bool:
+    """Put the refusal on the request's access line; False outside a request."""
+    noted = refusal.get()
+    if noted is None:
+        return False
+    noted.error, noted.detail, noted.level = error, detail, level
+    return True
+
 
 REDACTED = "[redacted]"
 

@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from app import logs
 from app.auth import WriteGuard
 from app.config import Settings
 from app.errors import (
@@ -261,18 +262,16 @@ def install_error_handlers(app: FastAPI) -> None:
         level = (
             logging.WARNING if exc.status >= 500 or exc.status == 413 else logging.INFO
         )
-        if exc.status in (401, 403):
-            # auth.py logged it already, with the client's address.
-            level = logging.DEBUG
-        log.log(
-            level,
-            "refused method=%s path=%r status=%d error=%s: %s",
-            request.method,
-            request.url.path[:200],
-            exc.status,
-            exc.error,
-            exc.detail,
-        )
+        if not logs.note_refusal(exc.error, exc.detail, level):
+            log.log(
+                level,
+                "refused method=%s path=%r status=%d error=%s: %s",
+                request.method,
+                request.url.path[:200],
+                exc.status,
+                exc.error,
+                exc.detail,
+            )
         return _error(exc.status, exc.error, exc.detail, headers)
 
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
@@ -285,6 +284,7 @@ def install_error_handlers(app: FastAPI) -> None:
             allow = upload_allow(request.url.path) or headers.get("Allow", "")
             headers["Allow"] = allow
             detail = f"{request.method[:16]} is not allowed here; allowed: {allow}"
+        logs.note_refusal(error, detail)
         return _error(exc.status_code, error, detail, headers)
 
     async def validation_error(request: Request, exc: Exception) -> JSONResponse:

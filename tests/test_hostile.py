@@ -5,6 +5,7 @@ were."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -413,3 +414,42 @@ def test_a_method_not_allowed_is_told_what_is(
         "error": "method_not_allowed",
         "detail": f"{method} is not allowed here; allowed: {allow}",
     }
+
+
+@pytest.mark.parametrize(
+    ("request_id", "sent", "status", "why"),
+    [
+        # Refused by a route's handler.
+        ("refused-extension", put(up("a.exe")), 415, "error=unsupported_media_type: "),
+        # Refused before routing, by the request limits.
+        ("refused-control", put(up("a%0a.ts")), 400, "error=invalid_path: "),
+    ],
+)
+def test_a_refusal_is_one_log_line_that_says_why(
+    request_id: str,
+    sent: bytes,
+    status: int,
+    why: str,
+    hostile_relay: tuple[Relay, str],
+) -> None:
+    relay, _ = hostile_relay
+    tagged = sent.replace(b"\r\n", f"\r\nX-Request-Id: {request_id}\r\n".encode(), 1)
+    response = send_raw(relay.port, tagged)
+    assert response is not None and response.status == status
+
+    def tagged_lines() -> list[str]:
+        text = relay.log_text()
+        return [
+            line for line in text.splitlines() if f"request_id={request_id}" in line
+        ]
+
+    # The access line is written once the answer has gone.
+    deadline = time.monotonic() + 5
+    while not tagged_lines() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)  # room for a second line, if there were one
+    lines = tagged_lines()
+    assert len(lines) == 1, lines
+    assert f"status={status}" in lines[0]
+    detail = response.json()["detail"]
+    assert f"{why}{detail}" in lines[0]
