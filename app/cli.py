@@ -140,7 +140,7 @@ def serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=graceful_timeout(settings.shutdown_grace_s),
         server_header=False,
         # Bounds on request heads, which uvicorn does not set itself.
-        http=protocol_for(settings),
+        http=protocol_for(settings, app.state.relay.metrics),
         # X-Forwarded-For is judged by app/auth.py against
         # HLSRELAY_TRUSTED_PROXIES alone; uvicorn would otherwise believe it
         # from any local peer (its FORWARDED_ALLOW_IPS default).

@@ -14,7 +14,9 @@ import json
 import logging
 from typing import Any
 
+from app.access import UNMATCHED_ROUTE
 from app.config import Settings
+from app.metrics import Metrics, method_label
 from app.transport import RelayHttpProtocol
 
 log = logging.getLogger(__name__)
@@ -28,6 +30,9 @@ class LimitedHttpProtocol(RelayHttpProtocol):
 
     max_head_bytes = 16 * 1024
     head_timeout_s = 10.0
+    # These refusals never reach the app, so its access middleware cannot
+    # count them; they are counted here, under the route of no route.
+    metrics: Metrics | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -39,6 +44,8 @@ class LimitedHttpProtocol(RelayHttpProtocol):
         # The size of a head parsed within one read, which the count in
         # data_received cannot see, rebuilt from its parts.
         self._parsed_head_bytes = 0
+        # Whether this head got as far as its URL, so its method is known.
+        self._url_seen = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -68,9 +75,11 @@ class LimitedHttpProtocol(RelayHttpProtocol):
 
     def on_message_begin(self) -> None:
         self._parsed_head_bytes = 0
+        self._url_seen = False
         super().on_message_begin()
 
     def on_url(self, url: bytes) -> None:
+        self._url_seen = True
         self._parsed_head_bytes += len(url)
         super().on_url(url)
 
@@ -153,6 +162,10 @@ class LimitedHttpProtocol(RelayHttpProtocol):
     def _refuse(self, status: int, error: str, detail: str) -> None:
         self._refused = True
         self._cancel_head_timer()
+        if self.metrics is not None:
+            self.metrics.requests.labels(
+                UNMATCHED_ROUTE, self._method(), str(status)
+            ).inc()
         body = json.dumps({"error": error, "detail": detail}).encode()
         head = (
             f"HTTP/1.1 {status} {_REASONS[status]}\r\n"
@@ -163,16 +176,25 @@ class LimitedHttpProtocol(RelayHttpProtocol):
         self.transport.write(head + body)
         self.transport.close()
 
+    def _method(self) -> str:
+        if not self._url_seen:
+            return method_label("")  # nothing, or not even a request line
+        return method_label(self.parser.get_method().decode("ascii", "replace"))
+
 
 def _client(client: tuple[str, int] | None) -> str:
     return client[0] if client else "unknown"
 
 
-def protocol_for(settings: Settings) -> type[LimitedHttpProtocol]:
+def protocol_for(
+    settings: Settings, metrics: Metrics | None = None
+) -> type[LimitedHttpProtocol]:
     """The protocol class for uvicorn.Config(http=...), with these limits."""
 
     class ConfiguredHttpProtocol(LimitedHttpProtocol):
         max_head_bytes = settings.max_header_bytes
         head_timeout_s = settings.header_timeout_s
+
+    ConfiguredHttpProtocol.metrics = metrics
 
     return ConfiguredHttpProtocol

@@ -20,6 +20,7 @@ from rawhttp import (
     start_relay,
     wait_settled,
 )
+from test_metrics import requests, scrape
 
 from app.locals3 import LocalS3
 
@@ -453,3 +454,26 @@ def test_a_refusal_is_one_log_line_that_says_why(
     assert f"status={status}" in lines[0]
     detail = response.json()["detail"]
     assert f"{why}{detail}" in lines[0]
+
+
+def test_heads_refused_before_the_app_are_counted(
+    hostile_relay: tuple[Relay, str],
+) -> None:
+    # The 431 and 408 are the protocol's own answers: no route, no access
+    # middleware; they still show in hlsrelay_requests_total.
+    relay, _ = hostile_relay
+    by_id = {case.id: case for case in CASES}
+    before = scrape(relay)
+
+    for case_id in ("header-too-big", "head-stalls"):
+        case = by_id[case_id]
+        response = send_raw(relay.port, case.request, timeout_s=STALL_S * 10)
+        assert response is not None and response.status == case.status
+    # A connection that never sends a byte: no method to name.
+    silent = send_raw(relay.port, b"", timeout_s=STALL_S * 10)
+    assert silent is not None and silent.status == 408
+
+    after = scrape(relay)
+    for method, status in (("PUT", "431"), ("PUT", "408"), ("other", "408")):
+        counted = requests(after, "unmatched", method, status)
+        assert counted == requests(before, "unmatched", method, status) + 1, status
