@@ -32,13 +32,9 @@ def _positive(value: object) -> bool:
     return _finite(value) and value > 0  # type: ignore[operator]
 
 
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
-    # Without nginx the ceiling section reports an error naming the package,
-    # and the first test below shows it.
-    out = tmp_path_factory.mktemp("bench")
+def _run_module(module: str, *args: str) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
-        [sys.executable, "-m", "bench", *TINY, "--out", str(out), "--no-docs"],
+        [sys.executable, "-m", module, *args],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -46,6 +42,15 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
         check=False,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    # Without nginx the ceiling section reports an error naming the package,
+    # and the first test below shows it.
+    out = tmp_path_factory.mktemp("bench")
+    result = _run_module("bench", *TINY, "--out", str(out), "--no-docs")
     document: dict[str, object] = json.loads((out / "latest-quick.json").read_text())
     document["stdout"] = result.stdout
     return document
@@ -108,3 +113,21 @@ def test_bench_quick_run_measures_real_latencies(quick_run: dict[str, object]) -
     assert _positive(growth["small"]["cpu_ms_per_version"])
     assert _positive(growth["large"]["cpu_ms_per_version"])
     assert growth["per_stream"]["drained"] is True
+
+
+@pytest.mark.integration
+def test_bench_costs_prints_every_piece_of_a_cycle() -> None:
+    result = _run_module("bench.costs", "--calls", "3")
+    values = dict(line.split() for line in result.stdout.splitlines()[1:])
+    assert set(values) == {
+        "sha256_ms_per_mib",
+        "crc32_ms_per_mib",
+        "md5_ms_per_mib",
+        "put_1mib_file_signed_ms",
+        "put_1mib_file_unsigned_ms",
+        "put_playlist_signed_ms",
+        "delete_ms",
+        "request_full_stack_ms",
+        "request_own_middleware_bare_handler_ms",
+    }
+    assert all(_positive(float(value)) for value in values.values()), values
