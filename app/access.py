@@ -110,6 +110,12 @@ class AccessMiddleware:
             raise
         except BaseException:
             status = status or CANCELLED_STATUS
+            if not refusal.error:
+                refusal.error, refusal.level = "cancelled", logging.WARNING
+                refusal.detail = (
+                    "the request was cancelled before its answer (a shutdown past "
+                    "its grace, or a middleware)"
+                )
             raise
         finally:
             self.metrics.requests_in_flight.dec()

@@ -10,13 +10,10 @@ buffered remainder to the app as the final ``http.request`` message instead.
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Any, cast
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-
-log = logging.getLogger(__name__)
 
 
 class CompleteBodyMiddleware:
@@ -97,13 +94,8 @@ class RelayHttpProtocol(HttpToolsProtocol):
             except asyncio.CancelledError:
                 # uvicorn cancels the requests still open when the graceful
                 # shutdown's time is up, then logs each as a traceback. The
-                # uploader has already undone what such a request began; one
-                # line says so, and the closed connection answers for it.
-                log.warning(
-                    "shutdown ended a request still in progress method=%s path=%r",
-                    scope.get("method"),
-                    str(scope.get("path", ""))[:200],
-                )
+                # uploader has already undone what such a request began, the
+                # access line says so, and the closed connection answers for it.
                 cycle.disconnected = True
             finally:
                 self._running.discard(cycle)

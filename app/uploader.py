@@ -58,6 +58,9 @@ BACKOFF_CAP_S = 30.0
 # tries of many requests still takes traffic); this long with nothing but
 # failures is, for /readyz and for refusing PUTs in upload mode.
 STORAGE_DOWN_AFTER_S = 3.0
+# How long a stop waits for requests uvicorn cancelled (past its graceful
+# timeout) to drop their half-received bodies: a few thread hops each.
+RECEIVES_SETTLE_S = 1.0
 
 
 @dataclass
@@ -113,6 +116,8 @@ class Uploader:
         # When each playlist version was spooled, for the barrier-wait metric.
         self._queued_at: dict[int, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # The tasks of requests whose bodies are being received.
+        self._receiving: set[asyncio.Task[Any]] = set()
         self._executor = ThreadPoolExecutor(
             max_workers=settings.upload_concurrency, thread_name_prefix="s3"
         )
@@ -261,6 +266,11 @@ class Uploader:
         start replays it; S3 applies a PutObject entirely or not at all.
         """
         deadline = time.monotonic() + grace_s
+        receiving = [task for task in self._receiving if not task.done()]
+        if receiving:
+            # Their clean-up needs the loop and the spool's threads, which
+            # go below; the process ends soon after this returns.
+            await asyncio.wait(receiving, timeout=RECEIVES_SETTLE_S)
         self._stopping = True
         self._stop_requested.set()
         # A body still arriving may never end; its reader must not keep a
@@ -326,19 +336,40 @@ class Uploader:
         limit: int,
         declared: int | None = None,
     ) -> Receipt:
+        """Spool a body as it arrives; answered once durable (or stored, by ack).
+
+        The request's task is known to ``stop`` while it runs, so that one
+        cancelled by the server's shutdown can still drop its body first.
+        """
+        task = asyncio.current_task()
+        if task is None:
+            return await self._receive_put(upload, chunks, limit, declared)
+        self._receiving.add(task)
+        try:
+            return await self._receive_put(upload, chunks, limit, declared)
+        finally:
+            self._receiving.discard(task)
+
+    async def _receive_put(
+        self,
+        upload: Upload,
+        chunks: AsyncIterator[bytes],
+        limit: int,
+        declared: int | None,
+    ) -> Receipt:
         key = self.settings.key_for(upload.app, upload.path)
         is_playlist = upload.kind == "playlist"
         seq = self._allocate(key, "put", is_playlist)
         writer: BodyWriter | None = None
         early: EarlyUpload | None = None
         writing: Future[None] | None = None
+        size = 0
         try:
             writer = self.spool.begin_body()
             if declared is not None and self._may_stream(seq, declared):
                 early = self._start_early(upload, key, writer, declared)
             kept = bytearray() if is_playlist else None
             pending = bytearray()
-            size = 0
             async for chunk in chunks:
                 size += len(chunk)
                 if size > limit:
@@ -397,7 +428,16 @@ class Uploader:
                 self.metrics.body_bytes.labels(upload.kind).observe(size)
                 log.debug("spooled key=%s seq=%d bytes=%d", key, seq, size)
                 self._pump()
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                # The server's shutdown (past its graceful timeout) or an
+                # operator's middleware; the access line says which upload.
+                detail = (
+                    f"cancelled after {size} bytes, before the body was whole; "
+                    "not acknowledged, nothing of it kept"
+                )
+                if not logs.note_refusal("cancelled", detail, logging.WARNING):
+                    log.warning("upload cancelled key=%s: %s", key, detail)
             with anyio.CancelScope(shield=True):
                 if writing is not None:
                     await _settled(writing)  # before the file is closed

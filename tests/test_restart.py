@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
+import signal
+import socket
 import time
 from collections.abc import Callable
 
 import httpx
 import pytest
 from botocore.exceptions import ClientError
+from conftest import RelayFactory
 
 from app.locals3 import LocalS3
 
@@ -73,3 +77,29 @@ def test_empty_media_body_is_refused_and_keeps_stored_object(
     wait_for(lambda: exists(local_s3, bucket, "streams/e/one.ts"))
     body = local_s3.client().get_object(Bucket=bucket, Key="streams/e/seg.ts")["Body"]
     assert body.read() == b"x" * 500
+
+
+def test_a_body_still_arriving_when_the_grace_ends_is_dropped_in_one_line(
+    relay_factory: RelayFactory, local_s3: LocalS3, bucket: str
+) -> None:
+    relay = relay_factory(extra_env={"HLSRELAY_SHUTDOWN_GRACE_S": "1"})
+    incoming = relay.spool_dir / "incoming"
+    with socket.create_connection(("127.0.0.1", relay.port), timeout=30) as sock:
+        sock.sendall(
+            b"PUT /LiveApp/hls-upload/g/seg1.ts HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Length: 1048576\r\n\r\n" + b"g" * (300 * 1024)
+        )
+        # The body's file is open in the spool, and the client keeps it open.
+        wait_for(lambda: any(incoming.iterdir()))
+        assert relay.terminate() == -signal.SIGTERM
+
+    assert list(incoming.iterdir()) == []
+    assert not exists(local_s3, bucket, "streams/g/seg1.ts")
+    lines = [line for line in relay.log_text().splitlines() if "g/seg1.ts" in line]
+    assert len(lines) == 1, lines
+    assert re.search(
+        r"WARNING .*status=499 .*error=cancelled: cancelled after \d+ bytes, before "
+        r"the body was whole; not acknowledged, nothing of it kept",
+        lines[0],
+    ), lines[0]
+    assert "Traceback" not in relay.log_text()
