@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -415,8 +416,24 @@ def _ffmpeg_args(upload: str, seconds: float | None = None) -> list[str]:
     ]  # fmt: skip
 
 
+def bucket_env(s3: LocalS3, bucket: str) -> dict[str, str]:
+    """The relay's settings for a bucket of this local S3."""
+    return {
+        "HLSRELAY_S3_BUCKET": bucket,
+        "HLSRELAY_S3_ENDPOINT": s3.endpoint,
+        "HLSRELAY_S3_REGION": REGION,
+        "HLSRELAY_S3_ACCESS_KEY": s3.access_key,
+        "HLSRELAY_S3_SECRET_KEY": s3.secret_key,
+        "HLSRELAY_S3_ADDRESSING": "path",
+    }
+
+
 def _print_banner(s3: LocalS3, relay_url: str, player_key: str, upload: str) -> None:
     ffmpeg = " ".join(_ffmpeg_args(upload))
+    settings = " ".join(
+        f"{name}={shlex.quote(value)}"
+        for name, value in bucket_env(s3, DEV_BUCKET).items()
+    )
     lines = [
         "",
         f"hlsrelay is listening on {relay_url}",
@@ -430,6 +447,9 @@ def _print_banner(s3: LocalS3, relay_url: str, player_key: str, upload: str) -> 
         "Play it from the bucket:",
         f"  ffplay {s3.url_for(DEV_BUCKET, player_key)}",
         "  or in a browser: `make play` pushes a stream and serves a player page",
+        "",
+        "Check the bucket the way `hlsrelay check` checks a real one:",
+        f"  {settings} {Path(sys.executable).parent / 'hlsrelay'} check",
         "",
         "Ctrl-C stops the relay, then the local S3.",
         "",
@@ -540,14 +560,7 @@ def main(argv: list[str] | None = None) -> int:
         s3.create_bucket(DEV_BUCKET)
 
         env = dict(os.environ)
-        env.update(
-            HLSRELAY_S3_BUCKET=DEV_BUCKET,
-            HLSRELAY_S3_ENDPOINT=s3.endpoint,
-            HLSRELAY_S3_REGION=REGION,
-            HLSRELAY_S3_ACCESS_KEY=s3.access_key,
-            HLSRELAY_S3_SECRET_KEY=s3.secret_key,
-            HLSRELAY_S3_ADDRESSING="path",
-        )
+        env.update(bucket_env(s3, DEV_BUCKET))
         env.setdefault("HLSRELAY_SPOOL_DIR", str(local / "spool"))
         command = [sys.executable, "-m", "app", "serve", "--host", host]
         relay = subprocess.Popen(

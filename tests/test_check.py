@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import shlex
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -18,7 +19,7 @@ from botocore.exceptions import ClientError
 from conftest import REPO_ROOT, free_port
 
 from app.config import Settings
-from app.locals3 import REGION, LocalS3
+from app.locals3 import DEV_BUCKET, REGION, LocalS3, _print_banner
 from app.probe import run_check
 
 pytestmark = pytest.mark.integration
@@ -202,3 +203,29 @@ def test_check_clock_skew_names_the_clock(
     assert len(failed) == 1, steps
     assert "RequestTimeTooSkewed" in failed[0].detail
     assert "clock" in failed[0].fix
+
+
+def test_make_run_banner_gives_a_check_command_that_passes(
+    local_s3: LocalS3, capsys: pytest.CaptureFixture[str]
+) -> None:
+    local_s3.create_bucket(DEV_BUCKET)
+    _print_banner(local_s3, "http://127.0.0.1:5080", "streams/stream.m3u8", "-")
+    lines = capsys.readouterr().out.splitlines()
+    command = lines[
+        lines.index("Check the bucket the way `hlsrelay check` checks a real one:") + 1
+    ]
+    words = shlex.split(command)
+    settings = dict(word.split("=", 1) for word in words if "=" in word)
+    program = [word for word in words if "=" not in word]
+    assert program[-1] == "check" and Path(program[0]).is_file(), program
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HLSRELAY_")}
+    result = subprocess.run(
+        program,
+        env={**env, **settings},
+        capture_output=True,
+        text=True,
+        timeout=CHECK_TIMEOUT_S,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
