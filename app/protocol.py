@@ -4,7 +4,10 @@ uvicorn (to at least 0.55) puts no bound on the size of a request line and
 headers, nor on the time a client may take to send them, so one slow or
 endless head holds a connection and its memory for as long as the client
 likes. Here a head longer than ``HLSRELAY_MAX_HEADER_BYTES`` gets 431, and
-one not finished within ``HLSRELAY_HEADER_TIMEOUT_S`` gets 408.
+one not finished within ``HLSRELAY_HEADER_TIMEOUT_S`` gets 408. Bytes that
+are not HTTP/1.1 (broken framing, two lengths, a TLS hello on the plain
+port) get the relay's JSON 400 with the parser's reason, where uvicorn
+answers plain text and logs no client.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import json
 import logging
 from typing import Any
 
+import httptools
+
 from app.access import UNMATCHED_ROUTE
 from app.config import Settings
 from app.metrics import Metrics, method_label
@@ -21,7 +26,11 @@ from app.transport import RelayHttpProtocol
 
 log = logging.getLogger(__name__)
 
-_REASONS = {408: "Request Timeout", 431: "Request Header Fields Too Large"}
+_REASONS = {
+    400: "Bad Request",
+    408: "Request Timeout",
+    431: "Request Header Fields Too Large",
+}
 
 
 class LimitedHttpProtocol(RelayHttpProtocol):
@@ -62,7 +71,7 @@ class LimitedHttpProtocol(RelayHttpProtocol):
         if self._in_head and self._head_timer is None:
             self._arm_head_timer()
         self._message_ended = False
-        super().data_received(data)
+        self._feed(data)
         if self._refused:
             return
         # httptools buffers a header until it is whole, so the size is counted
@@ -72,6 +81,40 @@ class LimitedHttpProtocol(RelayHttpProtocol):
             self._head_bytes += len(data)
             if self._head_bytes > self.max_head_bytes:
                 self._refuse_head_size()
+
+    def _feed(self, data: bytes) -> None:
+        # uvicorn's own data_received (0.55), but for what its parser refuses.
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._refuse_malformed(str(exc) or "unparsable bytes")
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+
+    def _refuse_malformed(self, reason: str) -> None:
+        detail = f"the request is not valid HTTP/1.1 ({reason}); nothing of it was kept"
+        if (
+            not self._in_head
+            and self.cycle is not None
+            and not self.cycle.response_complete
+        ):
+            # A body was arriving: its request ends as cut short, and its
+            # own access line tells the encoder's path and counts it.
+            self.cycle.disconnected = True
+            self.cycle.message_event.set()
+            self._refuse(400, "invalid_request", detail, counted=False)
+            return
+        log.info(
+            "refused request client=%s path=%r status=400: %s",
+            _client(self.client),
+            self.url.decode("latin-1")[:200] if self._url_seen else "",
+            detail,
+        )
+        self._refuse(400, "invalid_request", detail)
 
     def on_message_begin(self) -> None:
         self._parsed_head_bytes = 0
@@ -159,10 +202,12 @@ class LimitedHttpProtocol(RelayHttpProtocol):
             "(HLSRELAY_MAX_HEADER_BYTES)",
         )
 
-    def _refuse(self, status: int, error: str, detail: str) -> None:
+    def _refuse(
+        self, status: int, error: str, detail: str, *, counted: bool = True
+    ) -> None:
         self._refused = True
         self._cancel_head_timer()
-        if self.metrics is not None:
+        if counted and self.metrics is not None:
             self.metrics.requests.labels(
                 UNMATCHED_ROUTE, self._method(), str(status)
             ).inc()

@@ -113,7 +113,8 @@ async def _body(request: Request) -> AsyncIterator[bytes]:
                 yield chunk
     except ClientDisconnect:
         raise BodyIncomplete(
-            "the client closed the connection before the body ended"
+            "the connection ended before the body did (the client closed it, or "
+            "sent bytes that are not valid HTTP/1.1)"
         ) from None
 
 

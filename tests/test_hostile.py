@@ -1,7 +1,6 @@
 """Hostile requests over real sockets to a real relay in front of SeaweedFS: each
-gets SPEC's status and ``{"error", "detail"}`` body (or, for framing the HTTP
-server itself rejects, its plain 400), and leaves the bucket and spool as they
-were."""
+gets SPEC's status and ``{"error", "detail"}`` body (framing the HTTP parser
+itself rejects included), and leaves the bucket and spool as they were."""
 
 from __future__ import annotations
 
@@ -54,9 +53,8 @@ class Hostile:
     id: str
     request: bytes
     status: int
-    # SPEC's error name; None where the HTTP server itself refuses the framing
-    # and answers with its plain 400.
-    error: str | None
+    # SPEC's error name.
+    error: str
 
 
 def put(
@@ -115,7 +113,7 @@ CASES = [
     Hostile("del-escaped", put(up("a%7f.ts")), 400, "invalid_path"),
     Hostile("c1-escaped", put(up("a%c2%85.ts")), 400, "invalid_path"),
     Hostile("control-in-app", put("/Live%01App/hls-upload/a.ts"), 400, "invalid_path"),
-    Hostile("nul-raw", put(UPLOAD.encode() + b"a\x00.ts"), 400, None),
+    Hostile("nul-raw", put(UPLOAD.encode() + b"a\x00.ts"), 400, "invalid_request"),
     Hostile("non-ascii", put(up("%C3%A9t%C3%A9.ts")), 400, "invalid_path"),
     # Overlong names.
     Hostile("path-513", put(up("a" * 510 + ".ts")), 400, "invalid_path"),
@@ -184,7 +182,7 @@ CASES = [
         )
         + b"5\r\nhello\r\n0\r\n\r\n",
         400,
-        None,
+        "invalid_request",
     ),
     Hostile(
         "two-lengths",
@@ -193,19 +191,19 @@ CASES = [
         )
         + b"hello",
         400,
-        None,
+        "invalid_request",
     ),
     Hostile(
         "negative-length",
         raw_head(b"PUT", up("neg.ts").encode(), b"Content-Length: -5") + b"hello",
         400,
-        None,
+        "invalid_request",
     ),
     Hostile(
         "length-not-a-number",
         raw_head(b"PUT", up("nan.ts").encode(), b"Content-Length: 12abc") + b"hello",
         400,
-        None,
+        "invalid_request",
     ),
     # Chunked encoding, malformed.
     Hostile(
@@ -213,21 +211,21 @@ CASES = [
         raw_head(b"PUT", up("c.ts").encode(), b"Transfer-Encoding: chunked")
         + b"zz\r\nhello\r\n0\r\n\r\n",
         400,
-        None,
+        "invalid_request",
     ),
     Hostile(
         "chunk-size-overflow",
         raw_head(b"PUT", up("c.ts").encode(), b"Transfer-Encoding: chunked")
         + b"ffffffffffffffffffff\r\nhello\r\n0\r\n\r\n",
         400,
-        None,
+        "invalid_request",
     ),
     Hostile(
         "chunk-missing-crlf",
         raw_head(b"PUT", up("c.ts").encode(), b"Transfer-Encoding: chunked")
         + b"5\r\nhelloXX0\r\n\r\n",
         400,
-        None,
+        "invalid_request",
     ),
     Hostile(
         "chunk-longer-then-stall",
@@ -362,14 +360,11 @@ def test_hostile_request_is_refused_and_changes_nothing(
 
     assert response is not None, f"no answer; log:\n{relay.log_text()[-2000:]}"
     assert response.status == case.status, response.body[:300]
-    if case.error is None:
-        assert response.status == 400
-    else:
-        assert response.header("content-type") == "application/json"
-        body = response.json()
-        assert set(body) == {"error", "detail"}
-        assert body["error"] == case.error
-        assert isinstance(body["detail"], str) and body["detail"]
+    assert response.header("content-type") == "application/json"
+    body = response.json()
+    assert set(body) == {"error", "detail"}
+    assert body["error"] == case.error
+    assert isinstance(body["detail"], str) and body["detail"]
     if case.status == 401:
         assert "Bearer" in (response.header("www-authenticate") or "")
     if case.status == 405:
@@ -477,3 +472,49 @@ def test_heads_refused_before_the_app_are_counted(
     for method, status in (("PUT", "431"), ("PUT", "408"), ("other", "408")):
         counted = requests(after, "unmatched", method, status)
         assert counted == requests(before, "unmatched", method, status) + 1, status
+
+
+def test_bytes_that_are_not_http_are_refused_in_one_line_each(
+    hostile_relay: tuple[Relay, str],
+) -> None:
+    relay, _ = hostile_relay
+    before = scrape(relay)
+    # Refused in the head: the protocol's own line, naming the path.
+    two_lengths = raw_head(
+        b"PUT",
+        up("not-http/two.ts").encode(),
+        b"Content-Length: 3",
+        b"Content-Length: 5",
+    )
+    # Refused in the body: the request's access line says it was cut short.
+    bad_chunk = raw_head(
+        b"PUT", up("not-http/chunk.ts").encode(), b"Transfer-Encoding: chunked"
+    )
+    for sent in (two_lengths + b"hello", bad_chunk + b"zz\r\nhello\r\n0\r\n\r\n"):
+        response = send_raw(relay.port, sent)
+        assert response is not None and response.status == 400
+        assert response.json()["error"] == "invalid_request"
+
+    def lines_for(name: str) -> list[str]:
+        return [line for line in relay.log_text().splitlines() if name in line]
+
+    deadline = time.monotonic() + 5
+    while not lines_for("not-http/chunk.ts") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)  # room for a second line, if there were one
+    (head_line,) = lines_for("not-http/two.ts")
+    assert "refused request client=127.0.0.1" in head_line
+    assert "status=400: the request is not valid HTTP/1.1 (" in head_line
+    (body_line,) = lines_for("not-http/chunk.ts")
+    assert "status=400" in body_line
+    assert (
+        "error=incomplete_body: the connection ended before the body did" in body_line
+    )
+    assert "Invalid HTTP request received" not in relay.log_text()
+
+    after = scrape(relay)
+    head_count = requests(after, "unmatched", "PUT", "400")
+    assert head_count == requests(before, "unmatched", "PUT", "400") + 1
+    route = "/{application}/hls-upload/{path}"
+    body_count = requests(after, route, "PUT", "400")
+    assert body_count == requests(before, route, "PUT", "400") + 1
