@@ -49,7 +49,7 @@ UPLOAD_PATH = "/{application}/hls-upload/{path:path}"
 MAX_DELETE_BODY = 64 * 1024
 # What the upload path takes, by kind of file: only a playlist can be read
 # back. Starlette's own 405 names the methods of one of the path's routes.
-ALLOW_PLAYLIST = "DELETE, GET, POST, PUT"
+ALLOW_PLAYLIST = "DELETE, GET, HEAD, POST, PUT"
 ALLOW_MEDIA = "DELETE, POST, PUT"
 
 
@@ -175,8 +175,9 @@ async def delete_file(application: str, path: str, request: Request) -> Response
     return Response(status_code=204)
 
 
-@router.get(
+@router.api_route(
     UPLOAD_PATH,
+    methods=["GET", "HEAD"],
     dependencies=[Depends(require_writer)],
     responses=GET_PLAYLIST_RESPONSES,
 )

@@ -393,7 +393,7 @@ def test_hostile_relay_stores_a_clean_request(
 @pytest.mark.parametrize(
     ("method", "target", "allow"),
     [
-        ("PATCH", up("live/index.m3u8"), "DELETE, GET, POST, PUT"),
+        ("PATCH", up("live/index.m3u8"), "DELETE, GET, HEAD, POST, PUT"),
         ("PATCH", up("live/seg1.ts"), "DELETE, POST, PUT"),
         ("POST", "/healthz", "GET"),
     ],

@@ -378,3 +378,6 @@ def test_get_playlist_returns_newest_version_or_404(
         got = httpx.get(url, headers={"Range": "bytes=0-"})
         assert got.status_code == 200 and got.content == body
         assert got.headers["content-type"] == "application/vnd.apple.mpegurl"
+        head = httpx.head(url)
+        assert head.status_code == 200 and head.content == b""
+        assert head.headers["content-length"] == str(len(body))
