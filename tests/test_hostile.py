@@ -412,6 +412,19 @@ def test_a_method_not_allowed_is_told_what_is(
     }
 
 
+def log_lines_with(relay: Relay, needle: str) -> list[str]:
+    """The relay's log lines holding ``needle``, once the first is there.
+
+    An access line is written after its answer has gone; a moment more
+    leaves room for a second line, if there were one.
+    """
+    deadline = time.monotonic() + 5
+    while needle not in relay.log_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)
+    return [line for line in relay.log_text().splitlines() if needle in line]
+
+
 @pytest.mark.parametrize(
     ("request_id", "sent", "status", "why"),
     [
@@ -433,18 +446,7 @@ def test_a_refusal_is_one_log_line_that_says_why(
     response = send_raw(relay.port, tagged)
     assert response is not None and response.status == status
 
-    def tagged_lines() -> list[str]:
-        text = relay.log_text()
-        return [
-            line for line in text.splitlines() if f"request_id={request_id}" in line
-        ]
-
-    # The access line is written once the answer has gone.
-    deadline = time.monotonic() + 5
-    while not tagged_lines() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.2)  # room for a second line, if there were one
-    lines = tagged_lines()
+    lines = log_lines_with(relay, f"request_id={request_id}")
     assert len(lines) == 1, lines
     assert f"status={status}" in lines[0]
     detail = response.json()["detail"]
@@ -495,17 +497,10 @@ def test_bytes_that_are_not_http_are_refused_in_one_line_each(
         assert response is not None and response.status == 400
         assert response.json()["error"] == "invalid_request"
 
-    def lines_for(name: str) -> list[str]:
-        return [line for line in relay.log_text().splitlines() if name in line]
-
-    deadline = time.monotonic() + 5
-    while not lines_for("not-http/chunk.ts") and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.2)  # room for a second line, if there were one
-    (head_line,) = lines_for("not-http/two.ts")
+    (head_line,) = log_lines_with(relay, "not-http/two.ts")
     assert "refused request client=127.0.0.1" in head_line
     assert "status=400: the request is not valid HTTP/1.1 (" in head_line
-    (body_line,) = lines_for("not-http/chunk.ts")
+    (body_line,) = log_lines_with(relay, "not-http/chunk.ts")
     assert "status=400" in body_line
     assert (
         "error=incomplete_body: the connection ended before the body did" in body_line
