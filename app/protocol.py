@@ -55,6 +55,8 @@ class LimitedHttpProtocol(RelayHttpProtocol):
         self._parsed_head_bytes = 0
         # Whether this head got as far as its URL, so its method is known.
         self._url_seen = False
+        # A refusal that waits for the answers of the requests before it.
+        self._deferred: tuple[int, str, str] | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -114,7 +116,25 @@ class LimitedHttpProtocol(RelayHttpProtocol):
             self.url.decode("latin-1")[:200] if self._url_seen else "",
             detail,
         )
+        if self._answer_pending():
+            # Pipelined behind requests not yet answered: by HTTP/1.1's order
+            # the first answer on the wire is theirs, so this one waits.
+            self._refused = True
+            self._cancel_head_timer()
+            self._deferred = (400, "invalid_request", detail)
+            return
         self._refuse(400, "invalid_request", detail)
+
+    def _answer_pending(self) -> bool:
+        running = self.cycle is not None and not self.cycle.response_complete
+        return running or bool(self.pipeline)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self._deferred is not None and not self._answer_pending():
+            status, error, detail = self._deferred
+            self._deferred = None
+            self._refuse(status, error, detail)
 
     def on_message_begin(self) -> None:
         self._parsed_head_bytes = 0
@@ -218,7 +238,8 @@ class LimitedHttpProtocol(RelayHttpProtocol):
             f"content-length: {len(body)}\r\n"
             "connection: close\r\n\r\n"
         ).encode("ascii")
-        self.transport.write(head + body)
+        if not self.transport.is_closing():  # a deferred one may find it gone
+            self.transport.write(head + body)
         self.transport.close()
 
     def _method(self) -> str:

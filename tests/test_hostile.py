@@ -4,6 +4,7 @@ itself rejects included), and leaves the bucket and spool as they were."""
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,6 +14,8 @@ import pytest
 from conftest import Relay
 from rawhttp import (
     bucket_keys,
+    parse_response,
+    read_until_closed,
     request_bytes,
     send_raw,
     spool_files,
@@ -513,3 +516,29 @@ def test_bytes_that_are_not_http_are_refused_in_one_line_each(
     route = "/{application}/hls-upload/{path}"
     body_count = requests(after, route, "PUT", "400")
     assert body_count == requests(before, route, "PUT", "400") + 1
+
+
+def test_a_malformed_request_pipelined_after_a_good_one_is_answered_second(
+    hostile_relay: tuple[Relay, str], s3: S3Client
+) -> None:
+    # HTTP/1.1 answers in order: the stored PUT gets its 201 first, then the
+    # bytes after it their 400, in one packet as a client may send them.
+    relay, bucket = hostile_relay
+    # Kept alive (put() asks to close): a closing request ends the connection.
+    good = raw_head(b"PUT", up("pipelined/good.ts").encode(), b"Content-Length: 10")
+    good += b"g" * 10
+    for after in (
+        b"PUT /x HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+        b"junk after the body\r\n\r\n",
+    ):
+        with socket.create_connection(("127.0.0.1", relay.port), timeout=30) as sock:
+            sock.sendall(good + after)
+            received = read_until_closed(sock)
+        first = parse_response(received)
+        assert first is not None and first.status == 201, received[:300]
+        rest = received.split(b"\r\n\r\n", 1)[1][len(first.body) :]
+        second = parse_response(rest)
+        assert second is not None and second.status == 400, received[:500]
+        assert second.json()["error"] == "invalid_request"
+    wait_settled(relay)
+    assert "streams/pipelined/good.ts" in bucket_keys(s3, bucket)
