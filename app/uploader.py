@@ -292,9 +292,11 @@ class Uploader:
             # A cancelled task is only waiting on a worker thread or a sleep;
             # S3 calls still in threads are abandoned with the process.
             await asyncio.wait(unfinished, timeout=1.0)
+            # Counted in the spool, not in tasks: a cancelled task may still
+            # have finished its upload, and entries wait without a task too.
             log.warning(
                 "shutdown left operations in the spool for the next start count=%d",
-                len(unfinished),
+                self.spool.entry_count,
             )
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._early_executor.shutdown(wait=False, cancel_futures=True)

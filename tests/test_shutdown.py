@@ -223,3 +223,38 @@ def test_backoff_delay_stays_within_the_cap_however_long_s3_is_away(
 
     assert all(0 <= delay <= BACKOFF_CAP_S for delay in delays)
     assert max(delays) > 0
+
+
+@pytest.mark.anyio
+async def test_uploader_stop_past_its_grace_counts_what_the_spool_keeps(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = make_settings(tmp_path)
+    release = threading.Event()
+
+    def hang(sent: Sent) -> Reply:
+        release.wait(30)  # S3 that takes the request and never answers
+        return ok(sent)
+
+    uploader, s3 = scripted_uploader(settings, hang)
+    await uploader.start()
+    upload = parse_upload("LiveApp", "a.ts", b"/LiveApp/hls-upload/a.ts", ["ts"])
+    await uploader.receive_delete(upload)
+    with anyio.fail_after(30):
+        while not s3.sent:
+            await anyio.sleep(0.05)
+    # The second waits behind the first on its key: spooled, with no task.
+    await uploader.receive_delete(upload)
+
+    try:
+        with caplog.at_level(logging.WARNING), anyio.fail_after(15):
+            await uploader.stop(grace_s=0.3)
+    finally:
+        release.set()
+
+    # Both deletes stay spooled, the one under way and the one behind it.
+    assert "shutdown left operations in the spool for the next start count=2" in (
+        caplog.text
+    )
+    entries = Spool(settings.spool_dir, settings.spool_max_bytes).open()
+    assert [e.key for e in entries] == ["streams/a.ts", "streams/a.ts"]
