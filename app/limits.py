@@ -68,13 +68,7 @@ class RequestLimits:
         try:
             check_request_path(scope["path"], scope.get("raw_path") or b"")
         except InvalidPath as exc:
-            if not logs.note_refusal(exc.error, exc.detail):
-                log.info(
-                    "refused method=%s path=%r status=400: %s",
-                    scope["method"][:16],
-                    scope.get("raw_path", b"").decode("latin-1")[:200],
-                    exc.detail,
-                )
+            logs.note_refusal(exc.error, exc.detail)
             await _answer(exc, scope, receive, send)
             return
         if not _has_body(scope):

@@ -46,13 +46,16 @@ refusal: contextvars.ContextVar[Refusal | None] = contextvars.ContextVar(
 )
 
 
-def note_refusal(error: str, detail: str, level: int = logging.INFO) -> bool:
-    """Put the refusal on the request's access line; False outside a request."""
+def note_refusal(error: str, detail: str, level: int = logging.INFO) -> None:
+    """Put the refusal on the request's access line.
+
+    Outside one (no access middleware around the caller), a line of its own.
+    """
     noted = refusal.get()
     if noted is None:
-        return False
+        logging.getLogger(__name__).log(level, "refused error=%s: %s", error, detail)
+        return
     noted.error, noted.detail, noted.level = error, detail, level
-    return True
 
 
 REDACTED = "[redacted]"

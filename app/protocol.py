@@ -55,8 +55,9 @@ class LimitedHttpProtocol(RelayHttpProtocol):
         self._parsed_head_bytes = 0
         # Whether this head got as far as its URL, so its method is known.
         self._url_seen = False
-        # A refusal that waits for the answers of the requests before it.
-        self._deferred: tuple[int, str, str] | None = None
+        # The detail of a 400 that waits for the answers of the requests
+        # before it.
+        self._deferred: str | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -121,7 +122,7 @@ class LimitedHttpProtocol(RelayHttpProtocol):
             # the first answer on the wire is theirs, so this one waits.
             self._refused = True
             self._cancel_head_timer()
-            self._deferred = (400, "invalid_request", detail)
+            self._deferred = detail
             return
         self._refuse(400, "invalid_request", detail)
 
@@ -132,9 +133,8 @@ class LimitedHttpProtocol(RelayHttpProtocol):
     def on_response_complete(self) -> None:
         super().on_response_complete()
         if self._deferred is not None and not self._answer_pending():
-            status, error, detail = self._deferred
-            self._deferred = None
-            self._refuse(status, error, detail)
+            detail, self._deferred = self._deferred, None
+            self._refuse(400, "invalid_request", detail)
 
     def on_message_begin(self) -> None:
         self._parsed_head_bytes = 0

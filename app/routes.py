@@ -264,16 +264,7 @@ def install_error_handlers(app: FastAPI) -> None:
         level = (
             logging.WARNING if exc.status >= 500 or exc.status == 413 else logging.INFO
         )
-        if not logs.note_refusal(exc.error, exc.detail, level):
-            log.log(
-                level,
-                "refused method=%s path=%r status=%d error=%s: %s",
-                request.method,
-                request.url.path[:200],
-                exc.status,
-                exc.error,
-                exc.detail,
-            )
+        logs.note_refusal(exc.error, exc.detail, level)
         return _error(exc.status, exc.error, exc.detail, headers)
 
     async def http_error(request: Request, exc: Exception) -> JSONResponse:

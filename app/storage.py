@@ -358,15 +358,18 @@ class S3Storage:
     def __init__(self, settings: Settings, client: S3Client | None = None) -> None:
         self.settings = settings
         self.bucket = settings.s3_bucket or ""
-        session = boto3.session.Session()
-        self.client = client or build_client(settings, session=session)
-        # Only beside a client of our own making: a test's stubbed or mocked
-        # client stands for every call.
-        self.stream_client = (
-            build_client(settings, streamed=True, session=session)
-            if client is None and settings.stream_uploads
-            else None
-        )
+        # A streamed-upload client only beside one of our own making: a
+        # test's stubbed or mocked client stands for every call.
+        self.stream_client: S3Client | None = None
+        if client is not None:
+            self.client = client
+        else:
+            session = boto3.session.Session()
+            self.client = build_client(settings, session=session)
+            if settings.stream_uploads:
+                self.stream_client = build_client(
+                    settings, streamed=True, session=session
+                )
         self._transfer = TransferConfig(
             multipart_threshold=settings.multipart_threshold_bytes,
             multipart_chunksize=settings.multipart_threshold_bytes,

@@ -344,13 +344,13 @@ class Uploader:
         cancelled by the server's shutdown can still drop its body first.
         """
         task = asyncio.current_task()
-        if task is None:
-            return await self._receive_put(upload, chunks, limit, declared)
-        self._receiving.add(task)
+        if task is not None:
+            self._receiving.add(task)
         try:
             return await self._receive_put(upload, chunks, limit, declared)
         finally:
-            self._receiving.discard(task)
+            if task is not None:
+                self._receiving.discard(task)
 
     async def _receive_put(
         self,
@@ -438,8 +438,7 @@ class Uploader:
                     f"cancelled after {size} bytes, before the body was whole; "
                     "not acknowledged, nothing of it kept"
                 )
-                if not logs.note_refusal("cancelled", detail, logging.WARNING):
-                    log.warning("upload cancelled key=%s: %s", key, detail)
+                logs.note_refusal("cancelled", detail, logging.WARNING)
             with anyio.CancelScope(shield=True):
                 if writing is not None:
                     await _settled(writing)  # before the file is closed

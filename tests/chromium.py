@@ -212,18 +212,19 @@ class Page:
         self._reader.join(timeout=5)
 
     def _read(self) -> None:
+        # A closed connection just ends the loop; the waiters hear of it below.
         try:
-            for message in self._ws:
-                event = json.loads(message)
-                if "id" in event:
-                    with self._arrived:
-                        self._replies[event["id"]] = event
-                        self._arrived.notify_all()
-                else:
-                    with self.log.lock:
-                        self._record(event.get("method", ""), event.get("params", {}))
-        except ConnectionClosed:
-            pass
+            with contextlib.suppress(ConnectionClosed):
+                for message in self._ws:
+                    event = json.loads(message)
+                    if "id" in event:
+                        with self._arrived:
+                            self._replies[event["id"]] = event
+                            self._arrived.notify_all()
+                    else:
+                        with self.log.lock:
+                            params = event.get("params", {})
+                            self._record(event.get("method", ""), params)
         finally:
             with self._arrived:
                 self._closed = True
