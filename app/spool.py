@@ -5,6 +5,14 @@ An entry is a body file ``{seq}.body`` (PUTs only) and a metadata file
 so the metadata's rename is the commit point: after a crash, a body without
 metadata, or metadata whose body is short or fails its CRC, is torn and
 discarded, never uploaded.
+
+The body file of an uploaded segment is kept for the next body to overwrite
+(``recycle``), a bounded number of them, rather than unlinked. Writing over
+pages the page cache already holds costs the kernel far less than writing
+new ones: a 1 MiB upload-mode PUT spent 1.6 ms of system time in the spool's
+thread with fresh files and 0.4 ms with recycled ones (docs/benchmarks.md).
+Recycled files wait in ``incoming/`` as ``*.free``, where a start throws
+them away with the other unfinished files.
 """
 
 from __future__ import annotations
@@ -26,6 +34,16 @@ from app.errors import DiskFull, SpoolFull
 log = logging.getLogger(__name__)
 
 Action = Literal["put", "delete"]
+
+# Recycled body files kept at most, in count and in bytes on disk beyond
+# HLSRELAY_SPOOL_MAX_BYTES; a larger body is unlinked as before.
+RECYCLE_FILES = 64
+RECYCLE_BYTES = 64 * 1024 * 1024
+RECYCLE_MAX_FILE = 8 * 1024 * 1024
+# Smaller bodies (playlists) cost little to write afresh.
+RECYCLE_MIN_FILE = 64 * 1024
+# A disk with less free than this keeps none: their room is the next body's.
+RECYCLE_ROOM = 1024 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -81,9 +99,10 @@ class BodyWriter:
     All methods block on disk I/O: call them from a worker thread.
     """
 
-    def __init__(self, spool: Spool, path: Path) -> None:
+    def __init__(self, spool: Spool, path: Path, reuse: bool = False) -> None:
         self._spool = spool
         self.path = path
+        self._reuse = reuse
         self.size = 0
         self.crc32 = 0
         # Set once the body is an entry or thrown away: from then on its
@@ -92,12 +111,15 @@ class BodyWriter:
         # Opened by the first write (in a worker thread), not here: creating
         # the writer costs the request no hop to a thread.
         self._file: BinaryIO | None = None
+        # A recycled file may be longer than this body: cut at finish().
+        self._recycled = False
 
     def _opened(self) -> BinaryIO:
         if self._file is None:
+            self._recycled = self._reuse and self._spool.take_recycled(self.path)
             try:
                 # Readable too: a streamed upload reads it through a dup().
-                self._file = open(self.path, "w+b")  # noqa: SIM115 - closed in finish/abort
+                self._file = open(self.path, "r+b" if self._recycled else "w+b")  # noqa: SIM115 - closed in finish/abort
             except OSError as exc:
                 _raise_disk_error(exc, str(self.path))
         return self._file
@@ -116,6 +138,8 @@ class BodyWriter:
             out.flush()
         except OSError as exc:
             self._spool.release(len(data))
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                self._spool.drop_recycled()  # their room is the next body's
             _raise_disk_error(exc, str(self.path))
         self.size += len(data)
         self.crc32 = zlib.crc32(data, self.crc32)
@@ -125,6 +149,8 @@ class BodyWriter:
         out = self._opened()  # an empty playlist is a file too
         try:
             out.flush()
+            if self._recycled:
+                out.truncate(self.size)  # the old body's tail
             if self._spool.fsync_puts:
                 os.fsync(out.fileno())
             out.close()
@@ -165,15 +191,19 @@ class Spool:
         self.incoming_dir = root / "incoming"
         self.used_bytes = 0
         self.entry_count = 0
-        # Body writers run in worker threads; the byte count is shared.
+        # Body writers run in worker threads; the byte count is shared, and
+        # so are the recycled files (path and size, newest last).
         self._lock = threading.Lock()
+        self._recycled: list[tuple[Path, int]] = []
+        self._recycled_bytes = 0
 
     def open(self) -> list[SpoolEntry]:
         """Create the folders, drop torn entries, return the rest in order."""
         self.entries_dir.mkdir(parents=True, exist_ok=True)
         self.incoming_dir.mkdir(parents=True, exist_ok=True)
         for stale in self.incoming_dir.iterdir():
-            log.warning("spool discarding unfinished body file=%s", stale.name)
+            if stale.suffix != ".free":
+                log.warning("spool discarding unfinished body file=%s", stale.name)
             stale.unlink(missing_ok=True)
 
         entries = []
@@ -241,9 +271,15 @@ class Spool:
         with self._lock:
             self.used_bytes = max(0, self.used_bytes - nbytes)
 
-    def begin_body(self) -> BodyWriter:
-        """A writer for one body; no I/O until its first write."""
-        return BodyWriter(self, self.incoming_dir / f"{uuid.uuid4().hex}.part")
+    def begin_body(self, *, reuse: bool = False) -> BodyWriter:
+        """A writer for one body; no I/O until its first write.
+
+        ``reuse`` lets it write over a recycled file: for media bodies, whose
+        size is like that of the bodies recycled; a playlist would cut a
+        segment's file down to a few KiB.
+        """
+        path = self.incoming_dir / f"{uuid.uuid4().hex}.part"
+        return BodyWriter(self, path, reuse)
 
     def commit_put(self, writer: BodyWriter, entry: SpoolEntry) -> None:
         """Make a finished body an entry: move it in, then write its metadata."""
@@ -282,14 +318,77 @@ class Spool:
     def read_body(self, entry: SpoolEntry) -> bytes:
         return self.body_path(entry).read_bytes()
 
-    def remove(self, entry: SpoolEntry) -> None:
-        """Forget an entry once S3 has it (or a newer one made it moot)."""
+    def remove(self, entry: SpoolEntry, *, recycle: bool = False) -> None:
+        """Forget an entry once S3 has it (or a newer one made it moot).
+
+        ``recycle`` keeps its body file for a later body to overwrite. Only
+        for a body nothing reads any more: the next body's bytes go into it.
+        """
         # Metadata first: a crash between the two unlinks leaves a body with
         # no metadata, which open() treats as torn and deletes.
         (self.entries_dir / f"{entry.seq:020d}.json").unlink(missing_ok=True)
-        self.body_path(entry).unlink(missing_ok=True)
+        if not (recycle and self._recycle(entry)):
+            self.body_path(entry).unlink(missing_ok=True)
         self.release(entry.size)
         self.entry_count = max(0, self.entry_count - 1)
+
+    def _recycle(self, entry: SpoolEntry) -> bool:
+        if (
+            entry.action != "put"
+            or not RECYCLE_MIN_FILE <= entry.size <= RECYCLE_MAX_FILE
+            or not self._has_room()
+        ):
+            return False
+        with self._lock:
+            if (
+                len(self._recycled) >= RECYCLE_FILES
+                or self._recycled_bytes + entry.size > RECYCLE_BYTES
+            ):
+                return False
+            # Counted before the rename, so two threads cannot both pass.
+            self._recycled_bytes += entry.size
+        free = self.incoming_dir / f"{uuid.uuid4().hex}.free"
+        try:
+            os.replace(self.body_path(entry), free)
+        except OSError:
+            with self._lock:
+                self._recycled_bytes -= entry.size
+            return False
+        with self._lock:
+            self._recycled.append((free, entry.size))
+        return True
+
+    def _has_room(self) -> bool:
+        try:
+            disk = os.statvfs(self.incoming_dir)
+        except OSError:
+            return False
+        return disk.f_bavail * disk.f_frsize >= RECYCLE_ROOM
+
+    def take_recycled(self, path: Path) -> bool:
+        """Move a recycled body file to ``path``, if one is kept."""
+        with self._lock:
+            if not self._recycled:
+                return False
+            free, size = self._recycled.pop()
+            self._recycled_bytes -= size
+        try:
+            os.replace(free, path)
+        except OSError:
+            return False
+        return True
+
+    def drop_recycled(self) -> None:
+        """Unlink the recycled files (the disk is full)."""
+        with self._lock:
+            dropped, self._recycled = self._recycled, []
+            self._recycled_bytes = 0
+        for free, _ in dropped:
+            free.unlink(missing_ok=True)
+
+    @property
+    def recycled_files(self) -> int:
+        return len(self._recycled)
 
     def is_writable(self) -> bool:
         probe = self.incoming_dir / f".probe-{uuid.uuid4().hex}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import posixpath
@@ -367,7 +368,7 @@ class Uploader:
         writing: Future[None] | None = None
         size = 0
         try:
-            writer = self.spool.begin_body()
+            writer = self.spool.begin_body(reuse=not is_playlist)
             if declared is not None and self._may_stream(seq, declared):
                 early = self._start_early(upload, key, writer, declared)
             kept = bytearray() if is_playlist else None
@@ -740,7 +741,12 @@ class Uploader:
         # hears only once the entry is gone: a replay after a crash must never
         # re-apply it over a newer operation on the key.
         self._resolve_ack(op.seq)
-        await self._on_disk(self.spool.remove, entry)
+        # Its upload is over, streamed or not, so nothing reads the file: the
+        # next segment may write over it.
+        recycle = entry.action == "put" and not op.is_playlist
+        await self._on_disk(
+            functools.partial(self.spool.remove, entry, recycle=recycle)
+        )
         self.barrier.finished(op.seq)
         self._pump()
 

@@ -28,11 +28,11 @@ class HeldRemoveSpool(Spool):
         self.release_removes = threading.Event()
         self.removes_started = 0
 
-    def remove(self, entry: SpoolEntry) -> None:
+    def remove(self, entry: SpoolEntry, *, recycle: bool = False) -> None:
         self.removes_started += 1
         # Bounded, so a broken test ends instead of hanging a worker thread.
         self.release_removes.wait(timeout=30)
-        super().remove(entry)
+        super().remove(entry, recycle=recycle)
 
 
 async def _body(data: bytes) -> AsyncIterator[bytes]:

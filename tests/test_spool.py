@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import zlib
 from pathlib import Path
 
 import pytest
 
+from app import spool as spool_module
 from app.errors import DiskFull, SpoolFull
 from app.spool import BodyWriter, Spool, SpoolEntry
 
@@ -279,3 +281,140 @@ def test_spool_fsyncs_puts_only_when_they_are_acknowledged_from_it(
 
     _, entries = reopen(spool)
     assert [e.seq for e in entries] == [entry.seq, 2]
+
+
+SEGMENT = spool_module.RECYCLE_MIN_FILE
+
+
+@pytest.fixture
+def roomy(tmp_path: Path) -> Spool:
+    spool = Spool(tmp_path / "roomy", max_bytes=64 * 1024 * 1024)
+    spool.open()
+    return spool
+
+
+def recycled(spool: Spool) -> list[Path]:
+    return sorted(spool.incoming_dir.glob("*.free"))
+
+
+def test_spool_recycled_file_takes_the_next_segment_cut_to_its_size(
+    roomy: Spool,
+) -> None:
+    first = spool_put(roomy, 1, b"a" * (SEGMENT + 5_000))
+    inode = roomy.body_path(first).stat().st_ino
+    roomy.remove(first, recycle=True)
+    assert roomy.recycled_files == 1
+    assert roomy.used_bytes == 0
+
+    writer = roomy.begin_body(reuse=True)
+    writer.write(b"b" * SEGMENT)
+    writer.finish()
+    second = SpoolEntry(
+        seq=2, action="put", app="A", path="s.ts", key="streams/s.ts",
+        size=SEGMENT, crc32=writer.crc32,
+    )  # fmt: skip
+    roomy.commit_put(writer, second)
+
+    # The same file, holding the new body and nothing of the old one.
+    assert roomy.body_path(second).stat().st_ino == inode
+    assert roomy.read_body(second) == b"b" * SEGMENT
+    assert roomy.recycled_files == 0
+    assert recycled(roomy) == []
+    _, entries = reopen(roomy)
+    assert entries == [second]
+
+
+def test_spool_playlist_writer_leaves_recycled_files_alone(roomy: Spool) -> None:
+    roomy.remove(spool_put(roomy, 1, b"a" * SEGMENT), recycle=True)
+
+    writer = roomy.begin_body()
+    writer.write(b"#EXTM3U\n")
+    writer.finish()
+    writer.abort()
+
+    assert roomy.recycled_files == 1
+    assert len(recycled(roomy)) == 1
+
+
+@pytest.mark.parametrize(
+    ("size", "kept"),
+    [
+        (spool_module.RECYCLE_MIN_FILE - 1, False),
+        (spool_module.RECYCLE_MIN_FILE, True),
+        (spool_module.RECYCLE_MAX_FILE, True),
+        (spool_module.RECYCLE_MAX_FILE + 1, False),
+    ],
+)
+def test_spool_recycles_bodies_of_segment_size_only(
+    roomy: Spool, size: int, kept: bool
+) -> None:
+    entry = spool_put(roomy, 1, b"x" * size)
+    roomy.remove(entry, recycle=True)
+
+    assert roomy.recycled_files == int(kept)
+    assert len(recycled(roomy)) == int(kept)
+    assert entry_files(roomy) == []
+
+
+def test_spool_keeps_recycled_files_within_count_and_bytes(
+    roomy: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(spool_module, "RECYCLE_FILES", 2)
+    for seq in (1, 2, 3):
+        roomy.remove(spool_put(roomy, seq, b"x" * SEGMENT), recycle=True)
+    assert roomy.recycled_files == 2
+    assert len(recycled(roomy)) == 2
+
+    monkeypatch.setattr(spool_module, "RECYCLE_FILES", 64)
+    monkeypatch.setattr(spool_module, "RECYCLE_BYTES", 3 * SEGMENT)
+    roomy.remove(spool_put(roomy, 4, b"x" * SEGMENT), recycle=True)
+    roomy.remove(spool_put(roomy, 5, b"x" * SEGMENT), recycle=True)
+    assert roomy.recycled_files == 3
+    assert len(recycled(roomy)) == 3
+
+
+def test_spool_remove_unlinks_unless_asked_to_recycle(roomy: Spool) -> None:
+    roomy.remove(spool_put(roomy, 1, b"x" * SEGMENT))
+
+    assert roomy.recycled_files == 0
+    assert list(roomy.incoming_dir.iterdir()) == []
+
+
+def test_spool_open_drops_recycled_files_without_a_warning(
+    roomy: Spool, caplog: pytest.LogCaptureFixture
+) -> None:
+    roomy.remove(spool_put(roomy, 1, b"x" * SEGMENT), recycle=True)
+
+    with caplog.at_level(logging.WARNING, logger="app.spool"):
+        again, entries = reopen(roomy)
+
+    assert entries == []
+    assert list(again.incoming_dir.iterdir()) == []
+    assert caplog.records == []
+
+
+def test_spool_full_disk_gives_the_recycled_files_back(
+    roomy: Spool, tmp_path: Path
+) -> None:
+    roomy.remove(spool_put(roomy, 1, b"x" * SEGMENT), recycle=True)
+    full = tmp_path / "full"
+    full.symlink_to("/dev/full")
+    writer = BodyWriter(roomy, full)
+
+    with pytest.raises(DiskFull):
+        writer.write(b"x" * 100)
+    writer.abort()
+
+    assert roomy.recycled_files == 0
+    assert recycled(roomy) == []
+
+
+@pytest.mark.parametrize(("room_needed", "kept"), [(0, 1), (1 << 62, 0)])
+def test_spool_recycles_only_with_room_on_its_disk(
+    roomy: Spool, monkeypatch: pytest.MonkeyPatch, room_needed: int, kept: int
+) -> None:
+    monkeypatch.setattr(spool_module, "RECYCLE_ROOM", room_needed)
+    roomy.remove(spool_put(roomy, 1, b"x" * SEGMENT), recycle=True)
+
+    assert roomy.recycled_files == kept
+    assert len(recycled(roomy)) == kept

@@ -339,3 +339,32 @@ async def test_a_body_the_spool_refuses_at_its_end_is_not_stored(
     assert sent_before_end and sent_before_end[0] >= SENT_FIRST // 2
     stored = local_s3.client().get_object(Bucket=bucket, Key="streams/live/seg1.ts")
     assert stored["Body"].read() == old
+
+
+@pytest.mark.parametrize("ack", ["upload", "spool"])
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_a_recycled_spool_file_carries_only_the_next_segment(
+    relay_factory: RelayFactory, local_s3: LocalS3, bucket: str, ack: str, framing: str
+) -> None:
+    # Each segment's spool file is written over by the next one once S3 has
+    # it: a shorter segment after a longer one must not keep the old tail.
+    relay = relay_factory(extra_env={"HLSRELAY_ACK": ack})
+    bodies = [os.urandom(BODY), os.urandom(BODY // 3), os.urandom(BODY // 2)]
+    for n, body in enumerate(bodies):
+        content = (
+            body if framing == "content-length" else iter([body[:1000], body[1000:]])
+        )
+        answer = httpx.put(
+            relay.base_url_for("LiveApp", f"live/seg{n}.ts"),
+            content=content,
+            timeout=30,
+        )
+        assert answer.status_code == 201, answer.text
+        wait_settled(relay)
+    for n, body in enumerate(bodies):
+        stored = local_s3.client().get_object(
+            Bucket=bucket, Key=f"streams/live/seg{n}.ts"
+        )
+        assert stored["Body"].read() == body
+    # The last segment's file waits for the next one.
+    assert len(list((relay.spool_dir / "incoming").glob("*.free"))) == 1
