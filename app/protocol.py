@@ -93,10 +93,10 @@ class LimitedHttpProtocol(RelayHttpProtocol):
         except httptools.HttpParserError as exc:
             self._refuse_malformed(str(exc) or "unparsable bytes")
         except httptools.HttpParserUpgrade:
-            if self._should_upgrade():
+            # Any other upgrade (curl --http2 asks for h2c) was answered by
+            # on_headers_complete, or is served as HTTP/1.1.
+            if not self._refused and self._should_upgrade():
                 self.handle_websocket_upgrade()
-            else:
-                self._unsupported_upgrade_warning()
 
     def _refuse_malformed(self, reason: str) -> None:
         detail = f"the request is not valid HTTP/1.1 ({reason}); nothing of it was kept"
@@ -165,7 +165,38 @@ class LimitedHttpProtocol(RelayHttpProtocol):
             # The whole head came in one read: too large all the same.
             self._refuse_head_size()
             return
+        # A server may ignore Upgrade (RFC 9110 7.8), and a request without a
+        # body is served as HTTP/1.1. But the parser takes what follows the
+        # head for the new protocol's, so a body would reach the route empty:
+        # refused instead of read as nothing.
+        upgrade = self.parser.should_upgrade() and not self._should_upgrade()
+        if upgrade and self._declares_body():
+            self._refuse_upgrade()
+            return
         super().on_headers_complete()
+
+    def _declares_body(self) -> bool:
+        for name, value in self.headers:
+            if name == b"transfer-encoding":
+                return True
+            if name == b"content-length" and value.strip() not in (b"", b"0"):
+                return True
+        return False
+
+    def _refuse_upgrade(self) -> None:
+        wanted = (self._get_upgrade() or b"").decode("latin-1")[:40]
+        detail = (
+            f"the request asks to switch to {wanted!r} (Upgrade header) and "
+            "has a body; the relay speaks HTTP/1.1 only: send it without "
+            "Upgrade (curl: --http1.1 instead of --http2); nothing was stored"
+        )
+        log.info(
+            "refused request client=%s path=%r status=400: %s",
+            _client(self.client),
+            self.url.decode("latin-1")[:200],
+            detail,
+        )
+        self._refuse(400, "invalid_request", detail)
 
     def on_body(self, body: bytes) -> None:
         if not self._refused:

@@ -542,3 +542,61 @@ def test_a_malformed_request_pipelined_after_a_good_one_is_answered_second(
         assert second.json()["error"] == "invalid_request"
     wait_settled(relay)
     assert "streams/pipelined/good.ts" in bucket_keys(s3, bucket)
+
+
+# What `curl --http2` adds to a request to an http:// URL.
+H2C = (
+    b"Connection: Upgrade, HTTP2-Settings",
+    b"Upgrade: h2c",
+    b"HTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA",
+)
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_a_body_sent_with_an_upgrade_to_h2c_is_refused_not_read_as_empty(
+    hostile_relay: tuple[Relay, str], s3: S3Client, framing: str
+) -> None:
+    # The parser would hand the body to the new protocol, and the route an
+    # empty one.
+    relay, bucket = hostile_relay
+    name = f"h2c/{framing}.m3u8"
+    if framing == "chunked":
+        body = f"{len(PLAYLIST_OK):x}\r\n".encode() + PLAYLIST_OK + b"\r\n0\r\n\r\n"
+        framed = b"Transfer-Encoding: chunked"
+    else:
+        body, framed = PLAYLIST_OK, f"Content-Length: {len(PLAYLIST_OK)}".encode()
+    before = scrape(relay)
+
+    response = send_raw(
+        relay.port, raw_head(b"PUT", up(name).encode(), framed, *H2C) + body
+    )
+
+    assert response is not None and response.status == 400
+    assert response.json()["error"] == "invalid_request"
+    assert "--http1.1" in response.json()["detail"]
+    (line,) = log_lines_with(relay, up(name))
+    assert "refused request client=127.0.0.1" in line
+    assert "status=400: the request asks to switch to 'h2c'" in line
+    wait_settled(relay)
+    assert f"streams/{name}" not in bucket_keys(s3, bucket)
+    assert requests(scrape(relay), "unmatched", "PUT", "400") == (
+        requests(before, "unmatched", "PUT", "400") + 1
+    )
+
+
+def test_a_request_without_a_body_is_served_despite_an_upgrade_to_h2c(
+    hostile_relay: tuple[Relay, str], s3: S3Client
+) -> None:
+    relay, bucket = hostile_relay
+    stored = send_raw(relay.port, put(up("h2c/kept.m3u8"), PLAYLIST_OK))
+    assert stored is not None and stored.status == 201
+    wait_settled(relay)
+
+    got = send_raw(relay.port, raw_head(b"GET", up("h2c/kept.m3u8").encode(), *H2C))
+    assert got is not None and got.status == 200
+    assert got.body == PLAYLIST_OK
+    gone = send_raw(relay.port, raw_head(b"DELETE", up("h2c/kept.m3u8").encode(), *H2C))
+    assert gone is not None and gone.status == 204
+    wait_settled(relay)
+    assert "streams/h2c/kept.m3u8" not in bucket_keys(s3, bucket)
+    assert "Unsupported upgrade request" not in relay.log_text()
