@@ -85,6 +85,19 @@ class LimitedHttpProtocol(RelayHttpProtocol):
             if self._head_bytes > self.max_head_bytes:
                 self._refuse_head_size()
 
+    def eof_received(self) -> None:
+        # The client sends no more: a close, or a half-close that still
+        # reads. Part of a head is a request that never came; say so.
+        if self._in_head and self._head_bytes and not self._refused:
+            detail = "the connection ended within the request head; nothing was kept"
+            log.info(
+                "refused request client=%s path=%r status=400: %s",
+                _client(self.client),
+                self.url.decode("latin-1")[:200] if self._url_seen else "",
+                detail,
+            )
+            self._refuse(400, "invalid_request", detail)
+
     def _feed(self, data: bytes) -> None:
         # uvicorn's own data_received (0.55), but for what its parser refuses.
         self._unset_keepalive_if_required()

@@ -600,3 +600,29 @@ def test_a_request_without_a_body_is_served_despite_an_upgrade_to_h2c(
     wait_settled(relay)
     assert "streams/h2c/kept.m3u8" not in bucket_keys(s3, bucket)
     assert "Unsupported upgrade request" not in relay.log_text()
+
+
+def test_a_head_cut_short_by_the_client_is_answered_and_logged(
+    hostile_relay: tuple[Relay, str],
+) -> None:
+    # The client shuts its side down mid-head but still reads, as a client
+    # that gives up does; before, the connection closed with no word.
+    relay, _ = hostile_relay
+    before = scrape(relay)
+    with socket.create_connection(("127.0.0.1", relay.port), timeout=30) as sock:
+        sock.sendall(b"PUT " + up("cut/head.ts").encode() + b" HTTP/1.1\r\nHost: x\r\n")
+        sock.shutdown(socket.SHUT_WR)
+        response = parse_response(read_until_closed(sock))
+
+    assert response is not None and response.status == 400
+    assert response.json()["error"] == "invalid_request"
+    (line,) = log_lines_with(relay, up("cut/head.ts"))
+    assert "status=400: the connection ended within the request head" in line
+    assert requests(scrape(relay), "unmatched", "PUT", "400") == (
+        requests(before, "unmatched", "PUT", "400") + 1
+    )
+
+    # A connection closed between requests is no refusal.
+    with socket.create_connection(("127.0.0.1", relay.port), timeout=30) as sock:
+        sock.shutdown(socket.SHUT_WR)
+        assert read_until_closed(sock) == b""
