@@ -21,6 +21,7 @@ from app.logs import (
     ContextFilter,
     JsonFormatter,
     SecretRedactor,
+    ShutdownCancelNote,
     TextFormatter,
     secrets_of,
 )
@@ -50,6 +51,9 @@ def setup_logging(settings: Settings) -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    server_log = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, ShutdownCancelNote) for f in server_log.filters):
+        server_log.addFilter(ShutdownCancelNote())
     # botocore's debug output holds request headers and signatures; it stays
     # quiet even at HLSRELAY_LOG_LEVEL=debug.
     for name in ("botocore", "boto3", "s3transfer", "urllib3"):

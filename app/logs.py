@@ -153,6 +153,26 @@ class ContextFilter(logging.Filter):
         return True
 
 
+class ShutdownCancelNote(logging.Filter):
+    """uvicorn's "Cancel N running task(s)" at shutdown, said as a warning.
+
+    Past the grace period the requests still running are cancelled, which
+    the spool survives; each one's access line then names its upload and
+    what was kept. uvicorn says it at ERROR, which pages nobody should get.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and record.msg.startswith(
+            "Cancel %s running task(s)"
+        ):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg = (
+                "shutdown grace passed with %s request(s) running: cancelled; "
+                "each one's access line says what was kept"
+            )
+        return True
+
+
 def split_message(message: str) -> tuple[str, dict[str, Any]]:
     """The event (leading words) and key=value pairs of a message's head.
 
