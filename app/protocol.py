@@ -101,15 +101,25 @@ class LimitedHttpProtocol(RelayHttpProtocol):
     def _feed(self, data: bytes) -> None:
         # uvicorn's own data_received (0.55), but for what its parser refuses.
         self._unset_keepalive_if_required()
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self._refuse_malformed(str(exc) or "unparsable bytes")
-        except httptools.HttpParserUpgrade:
-            # Any other upgrade (curl --http2 asks for h2c) was answered by
-            # on_headers_complete, or is served as HTTP/1.1.
-            if not self._refused and self._should_upgrade():
-                self.handle_websocket_upgrade()
+        while True:
+            try:
+                self.parser.feed_data(data)
+            except httptools.HttpParserError as exc:
+                self._refuse_malformed(str(exc) or "unparsable bytes")
+            except httptools.HttpParserUpgrade as upgrade:
+                if self._refused:
+                    return
+                if self._should_upgrade():
+                    self.handle_websocket_upgrade()
+                    return
+                # Any other upgrade (curl --http2 asks for h2c) was refused
+                # by on_headers_complete, or its request is served as
+                # HTTP/1.1: what follows its head is the next request.
+                offset = upgrade.args[0] if upgrade.args else len(data)
+                data = data[offset:]
+                if data:
+                    continue
+            return
 
     def _refuse_malformed(self, reason: str) -> None:
         detail = f"the request is not valid HTTP/1.1 ({reason}); nothing of it was kept"
@@ -130,6 +140,10 @@ class LimitedHttpProtocol(RelayHttpProtocol):
             self.url.decode("latin-1")[:200] if self._url_seen else "",
             detail,
         )
+        self._refuse_in_order(detail)
+
+    def _refuse_in_order(self, detail: str) -> None:
+        """A 400 for these bytes, after the answers to the requests before them."""
         if self._answer_pending():
             # Pipelined behind requests not yet answered: by HTTP/1.1's order
             # the first answer on the wire is theirs, so this one waits.
@@ -181,8 +195,13 @@ class LimitedHttpProtocol(RelayHttpProtocol):
         # A server may ignore Upgrade (RFC 9110 7.8), and a request without a
         # body is served as HTTP/1.1. But the parser takes what follows the
         # head for the new protocol's, so a body would reach the route empty:
-        # refused instead of read as nothing.
-        upgrade = self.parser.should_upgrade() and not self._should_upgrade()
+        # refused instead of read as nothing. (The parser says "upgrade" of
+        # every CONNECT too; that one is the routes' 405.)
+        upgrade = (
+            self.parser.should_upgrade()
+            and self._get_upgrade() is not None
+            and not self._should_upgrade()
+        )
         if upgrade and self._declares_body():
             self._refuse_upgrade()
             return
@@ -192,8 +211,11 @@ class LimitedHttpProtocol(RelayHttpProtocol):
         for name, value in self.headers:
             if name == b"transfer-encoding":
                 return True
-            if name == b"content-length" and value.strip() not in (b"", b"0"):
-                return True
+            if name == b"content-length":
+                try:
+                    return int(value) > 0
+                except ValueError:
+                    return True  # the parser refuses it anyway
         return False
 
     def _refuse_upgrade(self) -> None:
@@ -209,7 +231,7 @@ class LimitedHttpProtocol(RelayHttpProtocol):
             self.url.decode("latin-1")[:200],
             detail,
         )
-        self._refuse(400, "invalid_request", detail)
+        self._refuse_in_order(detail)
 
     def on_body(self, body: bytes) -> None:
         if not self._refused:

@@ -626,3 +626,59 @@ def test_a_head_cut_short_by_the_client_is_answered_and_logged(
     with socket.create_connection(("127.0.0.1", relay.port), timeout=30) as sock:
         sock.shutdown(socket.SHUT_WR)
         assert read_until_closed(sock) == b""
+
+
+def test_an_upgrade_refused_behind_a_stored_put_is_answered_after_it(
+    hostile_relay: tuple[Relay, str], s3: S3Client
+) -> None:
+    relay, bucket = hostile_relay
+    good = raw_head(b"PUT", up("h2c/first.ts").encode(), b"Content-Length: 10")
+    good += b"g" * 10
+    framed = f"Content-Length: {len(PLAYLIST_OK)}".encode()
+    refused = raw_head(b"PUT", up("h2c/second.m3u8").encode(), framed, *H2C)
+    with socket.create_connection(("127.0.0.1", relay.port), timeout=30) as sock:
+        sock.sendall(good + refused + PLAYLIST_OK)
+        received = read_until_closed(sock)
+
+    first = parse_response(received)
+    assert first is not None and first.status == 201, received[:300]
+    second = parse_response(received.split(b"\r\n\r\n", 1)[1][len(first.body) :])
+    assert second is not None and second.status == 400, received[:500]
+    assert "'h2c'" in second.json()["detail"]
+    wait_settled(relay)
+    keys = bucket_keys(s3, bucket)
+    assert "streams/h2c/first.ts" in keys
+    assert "streams/h2c/second.m3u8" not in keys
+
+
+def test_requests_after_a_served_upgrade_in_one_read_are_served_too(
+    hostile_relay: tuple[Relay, str], s3: S3Client
+) -> None:
+    # The parser hands back what follows an upgrade's head; it is the next
+    # request, not the new protocol's bytes. "00" is no body either.
+    relay, bucket = hostile_relay
+    empty = raw_head(b"DELETE", up("h2c/none.ts").encode(), b"Content-Length: 00", *H2C)
+    framed = f"Content-Length: {len(PLAYLIST_OK)}".encode()
+    after = raw_head(
+        b"PUT", up("h2c/after.m3u8").encode(), framed, b"Connection: close"
+    )
+    with socket.create_connection(("127.0.0.1", relay.port), timeout=30) as sock:
+        sock.sendall(empty + after + PLAYLIST_OK)
+        received = read_until_closed(sock)
+
+    # A 204 has no body and no length: the next answer starts right after it.
+    assert received.startswith(b"HTTP/1.1 204 "), received[:300]
+    second = parse_response(received[received.index(b"HTTP/1.1 ", 1) :])
+    assert second is not None and second.status == 201, received[:500]
+    wait_settled(relay)
+    assert "streams/h2c/after.m3u8" in bucket_keys(s3, bucket)
+
+
+def test_connect_with_a_body_is_not_taken_for_an_upgrade(
+    hostile_relay: tuple[Relay, str],
+) -> None:
+    head = raw_head(b"CONNECT", up("h2c/tunnel.ts").encode(), b"Content-Length: 4")
+    response = send_raw(hostile_relay[0].port, head + b"abcd")
+
+    assert response is not None and response.status == 405
+    assert response.json()["error"] == "method_not_allowed"
