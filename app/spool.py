@@ -87,6 +87,10 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _is_disk_full(exc: OSError) -> bool:
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 def _raise_disk_error(exc: OSError, what: str) -> NoReturn:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         raise DiskFull(f"the spool's disk is full while writing {what}") from exc
@@ -121,6 +125,7 @@ class BodyWriter:
                 # Readable too: a streamed upload reads it through a dup().
                 self._file = open(self.path, "r+b" if self._recycled else "w+b")  # noqa: SIM115 - closed in finish/abort
             except OSError as exc:
+                self._spool.note_disk_error(exc)
                 _raise_disk_error(exc, str(self.path))
         return self._file
 
@@ -138,8 +143,7 @@ class BodyWriter:
             out.flush()
         except OSError as exc:
             self._spool.release(len(data))
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                self._spool.drop_recycled()  # their room is the next body's
+            self._spool.note_disk_error(exc)
             _raise_disk_error(exc, str(self.path))
         self.size += len(data)
         self.crc32 = zlib.crc32(data, self.crc32)
@@ -159,6 +163,7 @@ class BodyWriter:
             # the DiskFull that the client must get; the fd is closed anyway.
             with contextlib.suppress(OSError):
                 out.close()
+            self._spool.note_disk_error(exc)
             _raise_disk_error(exc, str(self.path))
 
     def hand_over(self) -> None:
@@ -300,20 +305,36 @@ class Spool:
         final = self.entries_dir / f"{entry.seq:020d}.json"
         tmp = final.with_suffix(".tmp")
         try:
-            with open(tmp, "w", encoding="utf-8") as out:
-                json.dump(asdict(entry), out)
-                out.flush()
-                if durable:
-                    os.fsync(out.fileno())
-            os.replace(tmp, final)
-            if durable:
-                _fsync_dir(self.entries_dir)
+            try:
+                self._write_meta_file(entry, tmp, final, durable)
+            except OSError as exc:
+                # A few bytes: written whole again once the recycled files
+                # have given their room back, if there were any.
+                if not self.note_disk_error(exc):
+                    raise
+                self._write_meta_file(entry, tmp, final, durable)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             self.body_path(entry).unlink(missing_ok=True)
             self.release(entry.size)
             _raise_disk_error(exc, entry.key)
         self.entry_count += 1
+
+    def _write_meta_file(
+        self, entry: SpoolEntry, tmp: Path, final: Path, durable: bool
+    ) -> None:
+        with open(tmp, "w", encoding="utf-8") as out:
+            json.dump(asdict(entry), out)
+            out.flush()
+            if durable:
+                os.fsync(out.fileno())
+        os.replace(tmp, final)
+        if durable:
+            _fsync_dir(self.entries_dir)
+
+    def note_disk_error(self, exc: OSError) -> bool:
+        """On a full disk, give the recycled files' room back; True if any."""
+        return _is_disk_full(exc) and self.drop_recycled()
 
     def read_body(self, entry: SpoolEntry) -> bytes:
         return self.body_path(entry).read_bytes()
@@ -333,11 +354,12 @@ class Spool:
         self.entry_count = max(0, self.entry_count - 1)
 
     def _recycle(self, entry: SpoolEntry) -> bool:
-        if (
-            entry.action != "put"
-            or not RECYCLE_MIN_FILE <= entry.size <= RECYCLE_MAX_FILE
-            or not self._has_room()
+        if entry.action != "put" or not (
+            RECYCLE_MIN_FILE <= entry.size <= RECYCLE_MAX_FILE
         ):
+            return False
+        if not self._has_room():
+            self.drop_recycled()  # the disk is filling: its room first
             return False
         with self._lock:
             if (
@@ -378,13 +400,14 @@ class Spool:
             return False
         return True
 
-    def drop_recycled(self) -> None:
-        """Unlink the recycled files (the disk is full)."""
+    def drop_recycled(self) -> bool:
+        """Unlink the recycled files (the disk is filling); True if any."""
         with self._lock:
             dropped, self._recycled = self._recycled, []
             self._recycled_bytes = 0
         for free, _ in dropped:
             free.unlink(missing_ok=True)
+        return bool(dropped)
 
     @property
     def recycled_files(self) -> int:

@@ -418,3 +418,66 @@ def test_spool_recycles_only_with_room_on_its_disk(
 
     assert roomy.recycled_files == kept
     assert len(recycled(roomy)) == kept
+
+
+def test_spool_metadata_on_a_full_disk_takes_the_recycled_files_room(
+    roomy: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A delete is only metadata: with recycled files on the disk it must not
+    # be refused for want of room they hold.
+    roomy.remove(spool_put(roomy, 1, b"x" * SEGMENT), recycle=True)
+    real_dump = json.dump
+    calls = []
+
+    def full_once(*args: object, **kwargs: object) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_dump(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(json, "dump", full_once)
+    delete = SpoolEntry(
+        seq=2, action="delete", app="A", path="s.ts", key="streams/s.ts"
+    )
+    roomy.commit_delete(delete)
+    monkeypatch.undo()
+
+    assert len(calls) == 2
+    assert roomy.recycled_files == 0
+    assert recycled(roomy) == []
+    _, entries = reopen(roomy)
+    assert entries == [delete]
+
+
+def test_spool_full_disk_at_fsync_gives_the_recycled_files_back(
+    roomy: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    roomy.remove(spool_put(roomy, 1, b"x" * SEGMENT), recycle=True)
+    writer = roomy.begin_body()
+    writer.write(b"y" * 100)
+
+    def no_space(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(spool_module.os, "fsync", no_space)
+    with pytest.raises(DiskFull):
+        writer.finish()
+    monkeypatch.undo()
+    writer.abort()
+
+    assert roomy.recycled_files == 0
+    assert recycled(roomy) == []
+
+
+def test_spool_drops_its_recycled_files_once_the_disk_is_short_of_room(
+    roomy: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(spool_module, "RECYCLE_ROOM", 0)
+    roomy.remove(spool_put(roomy, 1, b"x" * SEGMENT), recycle=True)
+    assert roomy.recycled_files == 1
+
+    monkeypatch.setattr(spool_module, "RECYCLE_ROOM", 1 << 62)
+    roomy.remove(spool_put(roomy, 2, b"x" * SEGMENT), recycle=True)
+
+    assert roomy.recycled_files == 0
+    assert recycled(roomy) == []
