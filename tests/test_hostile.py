@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import pytest
 from conftest import Relay
 from rawhttp import (
+    RawResponse,
     bucket_keys,
     parse_response,
     read_until_closed,
@@ -518,6 +519,19 @@ def test_bytes_that_are_not_http_are_refused_in_one_line_each(
     assert body_count == requests(before, route, "PUT", "400") + 1
 
 
+def two_answers(port: int, sent: bytes) -> tuple[RawResponse, RawResponse]:
+    """The first two answers to ``sent``, written at once on one connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(sent)
+        received = read_until_closed(sock)
+    # Split where the second status line starts: a 204 has no length.
+    second_at = received.find(b"HTTP/1.1 ", 1)
+    first = parse_response(received[:second_at] if second_at > 0 else received)
+    second = parse_response(received[second_at:]) if second_at > 0 else None
+    assert first is not None and second is not None, received[:500]
+    return first, second
+
+
 def test_a_malformed_request_pipelined_after_a_good_one_is_answered_second(
     hostile_relay: tuple[Relay, str], s3: S3Client
 ) -> None:
@@ -531,14 +545,8 @@ def test_a_malformed_request_pipelined_after_a_good_one_is_answered_second(
         b"PUT /x HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
         b"junk after the body\r\n\r\n",
     ):
-        with socket.create_connection(("127.0.0.1", relay.port), timeout=30) as sock:
-            sock.sendall(good + after)
-            received = read_until_closed(sock)
-        first = parse_response(received)
-        assert first is not None and first.status == 201, received[:300]
-        rest = received.split(b"\r\n\r\n", 1)[1][len(first.body) :]
-        second = parse_response(rest)
-        assert second is not None and second.status == 400, received[:500]
+        first, second = two_answers(relay.port, good + after)
+        assert (first.status, second.status) == (201, 400)
         assert second.json()["error"] == "invalid_request"
     wait_settled(relay)
     assert "streams/pipelined/good.ts" in bucket_keys(s3, bucket)
@@ -636,14 +644,9 @@ def test_an_upgrade_refused_behind_a_stored_put_is_answered_after_it(
     good += b"g" * 10
     framed = f"Content-Length: {len(PLAYLIST_OK)}".encode()
     refused = raw_head(b"PUT", up("h2c/second.m3u8").encode(), framed, *H2C)
-    with socket.create_connection(("127.0.0.1", relay.port), timeout=30) as sock:
-        sock.sendall(good + refused + PLAYLIST_OK)
-        received = read_until_closed(sock)
+    first, second = two_answers(relay.port, good + refused + PLAYLIST_OK)
 
-    first = parse_response(received)
-    assert first is not None and first.status == 201, received[:300]
-    second = parse_response(received.split(b"\r\n\r\n", 1)[1][len(first.body) :])
-    assert second is not None and second.status == 400, received[:500]
+    assert (first.status, second.status) == (201, 400)
     assert "'h2c'" in second.json()["detail"]
     wait_settled(relay)
     keys = bucket_keys(s3, bucket)
@@ -662,14 +665,9 @@ def test_requests_after_a_served_upgrade_in_one_read_are_served_too(
     after = raw_head(
         b"PUT", up("h2c/after.m3u8").encode(), framed, b"Connection: close"
     )
-    with socket.create_connection(("127.0.0.1", relay.port), timeout=30) as sock:
-        sock.sendall(empty + after + PLAYLIST_OK)
-        received = read_until_closed(sock)
+    first, second = two_answers(relay.port, empty + after + PLAYLIST_OK)
 
-    # A 204 has no body and no length: the next answer starts right after it.
-    assert received.startswith(b"HTTP/1.1 204 "), received[:300]
-    second = parse_response(received[received.index(b"HTTP/1.1 ", 1) :])
-    assert second is not None and second.status == 201, received[:500]
+    assert (first.status, second.status) == (204, 201)
     wait_settled(relay)
     assert "streams/h2c/after.m3u8" in bucket_keys(s3, bucket)
 
