@@ -149,6 +149,10 @@ def serve(args: argparse.Namespace) -> int:
         # HLSRELAY_TRUSTED_PROXIES alone; uvicorn would otherwise believe it
         # from any local peer (its FORWARDED_ALLOW_IPS default).
         proxy_headers=False,
+        # No route takes a WebSocket: an upgrade to one is served as plain
+        # HTTP/1.1, or refused in JSON when it has a body (app/protocol.py),
+        # instead of uvicorn's bare 403.
+        ws="none",
     )
     server = RelayServer(config, app.state.shutdown)
     server.run()

@@ -90,12 +90,7 @@ class LimitedHttpProtocol(RelayHttpProtocol):
         # reads. Part of a head is a request that never came; say so.
         if self._in_head and self._head_bytes and not self._refused:
             detail = "the connection ended within the request head; nothing was kept"
-            log.info(
-                "refused request client=%s path=%r status=400: %s",
-                _client(self.client),
-                self.url.decode("latin-1")[:200] if self._url_seen else "",
-                detail,
-            )
+            self._log_refused(detail)
             self._refuse(400, "invalid_request", detail)
 
     def _feed(self, data: bytes) -> None:
@@ -116,8 +111,8 @@ class LimitedHttpProtocol(RelayHttpProtocol):
                 # by on_headers_complete, or its request is served as
                 # HTTP/1.1: what follows its head is the next request.
                 offset = upgrade.args[0] if upgrade.args else len(data)
-                data = data[offset:]
-                if data:
+                if 0 < offset < len(data):
+                    data = data[offset:]
                     continue
             return
 
@@ -134,13 +129,17 @@ class LimitedHttpProtocol(RelayHttpProtocol):
             self.cycle.message_event.set()
             self._refuse(400, "invalid_request", detail, counted=False)
             return
+        self._log_refused(detail)
+        self._refuse_in_order(detail)
+
+    def _log_refused(self, detail: str) -> None:
+        """The one line of a 400 answered here, with the path as far as it came."""
         log.info(
             "refused request client=%s path=%r status=400: %s",
             _client(self.client),
             self.url.decode("latin-1")[:200] if self._url_seen else "",
             detail,
         )
-        self._refuse_in_order(detail)
 
     def _refuse_in_order(self, detail: str) -> None:
         """A 400 for these bytes, after the answers to the requests before them."""
@@ -220,17 +219,13 @@ class LimitedHttpProtocol(RelayHttpProtocol):
 
     def _refuse_upgrade(self) -> None:
         wanted = (self._get_upgrade() or b"").decode("latin-1")[:40]
+        hint = " (curl: --http1.1 instead of --http2)" if wanted == "h2c" else ""
         detail = (
             f"the request asks to switch to {wanted!r} (Upgrade header) and "
             "has a body; the relay speaks HTTP/1.1 only: send it without "
-            "Upgrade (curl: --http1.1 instead of --http2); nothing was stored"
+            f"Upgrade{hint}; nothing was stored"
         )
-        log.info(
-            "refused request client=%s path=%r status=400: %s",
-            _client(self.client),
-            self.url.decode("latin-1")[:200],
-            detail,
-        )
+        self._log_refused(detail)
         self._refuse_in_order(detail)
 
     def on_body(self, body: bytes) -> None:

@@ -680,3 +680,30 @@ def test_connect_with_a_body_is_not_taken_for_an_upgrade(
 
     assert response is not None and response.status == 405
     assert response.json()["error"] == "method_not_allowed"
+
+
+WEBSOCKET = (
+    b"Connection: Upgrade",
+    b"Upgrade: websocket",
+    b"Sec-WebSocket-Version: 13",
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+)
+
+
+def test_a_websocket_upgrade_is_served_or_refused_as_json(
+    hostile_relay: tuple[Relay, str], s3: S3Client
+) -> None:
+    # No route takes a WebSocket: a request asking for one is plain HTTP.
+    relay, bucket = hostile_relay
+    got = send_raw(relay.port, raw_head(b"GET", b"/healthz", *WEBSOCKET))
+    assert got is not None and got.status == 200
+    assert got.json() == {"status": "ok"}
+
+    framed = f"Content-Length: {len(PLAYLIST_OK)}".encode()
+    head = raw_head(b"PUT", up("ws/live.m3u8").encode(), framed, *WEBSOCKET)
+    refused = send_raw(relay.port, head + PLAYLIST_OK)
+    assert refused is not None and refused.status == 400
+    detail = refused.json()["detail"]
+    assert "'websocket'" in detail and "curl" not in detail
+    wait_settled(relay)
+    assert "streams/ws/live.m3u8" not in bucket_keys(s3, bucket)
