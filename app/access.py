@@ -32,6 +32,10 @@ _PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 # nginx's code for a request that ended before any answer was sent.
 CANCELLED_STATUS = 499
 UNMATCHED_ROUTE = "unmatched"
+# Set in a request's scope["state"] by the HTTP protocol when it answered
+# the request itself (bytes that are not HTTP/1.1 in mid-body): (status,
+# error, detail, bytes sent). The route's own answer never reached the wire.
+PROTOCOL_ANSWER = "hlsrelay.protocol_answer"
 
 
 def route_template(scope: Scope) -> str:
@@ -135,6 +139,9 @@ class AccessMiddleware:
         sent: int,
         refusal: logs.Refusal,
     ) -> None:
+        answered = scope.get("state", {}).get(PROTOCOL_ANSWER)
+        if answered is not None:
+            status, refusal.error, refusal.detail, sent = answered
         route = route_template(scope)
         method = method_label(scope["method"])
         self.metrics.requests.labels(route, method, str(status)).inc()

@@ -19,7 +19,7 @@ from typing import Any
 
 import httptools
 
-from app.access import UNMATCHED_ROUTE
+from app.access import PROTOCOL_ANSWER, UNMATCHED_ROUTE
 from app.config import Settings
 from app.metrics import Metrics, method_label
 from app.transport import RelayHttpProtocol
@@ -124,10 +124,13 @@ class LimitedHttpProtocol(RelayHttpProtocol):
             and not self.cycle.response_complete
         ):
             # A body was arriving: its request ends as cut short, and its
-            # own access line tells the encoder's path and counts it.
+            # own access line tells the encoder's path, counts it, and says
+            # what was answered here.
             self.cycle.disconnected = True
             self.cycle.message_event.set()
-            self._refuse(400, "invalid_request", detail, counted=False)
+            sent = self._refuse(400, "invalid_request", detail, counted=False)
+            state = self.cycle.scope.setdefault("state", {})
+            state[PROTOCOL_ANSWER] = (400, "invalid_request", detail, sent)
             return
         self._log_refused(detail)
         self._refuse_in_order(detail)
@@ -285,7 +288,8 @@ class LimitedHttpProtocol(RelayHttpProtocol):
 
     def _refuse(
         self, status: int, error: str, detail: str, *, counted: bool = True
-    ) -> None:
+    ) -> int:
+        """Answer ``status`` and close; the body's length, 0 if it went nowhere."""
         self._refused = True
         self._cancel_head_timer()
         if counted and self.metrics is not None:
@@ -299,9 +303,12 @@ class LimitedHttpProtocol(RelayHttpProtocol):
             f"content-length: {len(body)}\r\n"
             "connection: close\r\n\r\n"
         ).encode("ascii")
+        sent = 0
         if not self.transport.is_closing():  # a deferred one may find it gone
             self.transport.write(head + body)
+            sent = len(body)
         self.transport.close()
+        return sent
 
     def _method(self) -> str:
         if not self._url_seen:

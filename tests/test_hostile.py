@@ -492,23 +492,25 @@ def test_bytes_that_are_not_http_are_refused_in_one_line_each(
         b"Content-Length: 3",
         b"Content-Length: 5",
     )
-    # Refused in the body: the request's access line says it was cut short.
+    # Refused in the body: the request's access line says what its client
+    # was answered, and counts the bytes of that answer.
     bad_chunk = raw_head(
         b"PUT", up("not-http/chunk.ts").encode(), b"Transfer-Encoding: chunked"
     )
+    answers = []
     for sent in (two_lengths + b"hello", bad_chunk + b"zz\r\nhello\r\n0\r\n\r\n"):
         response = send_raw(relay.port, sent)
         assert response is not None and response.status == 400
         assert response.json()["error"] == "invalid_request"
+        answers.append(response)
 
     (head_line,) = log_lines_with(relay, "not-http/two.ts")
     assert "refused request client=127.0.0.1" in head_line
     assert "status=400: the request is not valid HTTP/1.1 (" in head_line
     (body_line,) = log_lines_with(relay, "not-http/chunk.ts")
     assert "status=400" in body_line
-    assert (
-        "error=incomplete_body: the connection ended before the body did" in body_line
-    )
+    assert f"bytes_out={len(answers[1].body)} " in body_line
+    assert f"error=invalid_request: {answers[1].json()['detail']}" in body_line
     assert "Invalid HTTP request received" not in relay.log_text()
 
     after = scrape(relay)
