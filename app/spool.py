@@ -92,7 +92,7 @@ def _is_disk_full(exc: OSError) -> bool:
 
 
 def _raise_disk_error(exc: OSError, what: str) -> NoReturn:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+    if _is_disk_full(exc):
         raise DiskFull(f"the spool's disk is full while writing {what}") from exc
     raise exc
 
