@@ -347,7 +347,8 @@ def test_a_recycled_spool_file_carries_only_the_next_segment(
     relay_factory: RelayFactory, local_s3: LocalS3, bucket: str, ack: str, framing: str
 ) -> None:
     # Each segment's spool file is written over by the next one once S3 has
-    # it: a shorter segment after a longer one must not keep the old tail.
+    # it: every object holds its own bytes, a shorter one after a longer one
+    # too (the file's cut to size is pinned in test_spool).
     relay = relay_factory(extra_env={"HLSRELAY_ACK": ack})
     bodies = [os.urandom(BODY), os.urandom(BODY // 3), os.urandom(BODY // 2)]
     for n, body in enumerate(bodies):
