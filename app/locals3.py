@@ -24,7 +24,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import boto3
 from botocore.config import Config
@@ -531,6 +531,24 @@ def _serve_player(playlist_url: str | None) -> PlayerServer | None:
     return player
 
 
+def running_instance(run_file: Path) -> dict[str, Any] | None:
+    """What ``run_file`` says of a `make run` still alive, other than this one."""
+    try:
+        state = json.loads(run_file.read_text())
+        pid = int(state["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # none, or written by a version without a pid
+    if pid == os.getpid():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None  # it died without cleaning up
+    except PermissionError:
+        pass  # alive, as another user
+    return dict(state)
+
+
 def main(argv: list[str] | None = None) -> int:
     """`make run`: the relay against HLSRELAY_S3_BUCKET, or against a local S3.
 
@@ -549,6 +567,19 @@ def main(argv: list[str] | None = None) -> int:
     port = os.environ.get("HLSRELAY_PORT", "5080")
     local = Path.cwd() / ".local"
     run_file = local / "run.json"
+    running = running_instance(run_file)
+    if running is not None:
+        # Its SeaweedFS holds .local/s3 locked, and its run.json is what
+        # `make demo` reads: neither may be touched.
+        print(
+            f"`make run` is already running in this folder (pid {running['pid']}, "
+            f"relay {running.get('relay_url', 'starting')}): stop it first "
+            "(Ctrl-C in its terminal), or start this one from another folder.",
+            file=sys.stderr,
+        )
+        return 1
+    local.mkdir(parents=True, exist_ok=True)
+    run_file.write_text(json.dumps({"pid": os.getpid()}))
     signal.signal(signal.SIGTERM, _raise_shutdown)
     signal.signal(signal.SIGINT, _raise_shutdown)
 
@@ -582,6 +613,7 @@ def main(argv: list[str] | None = None) -> int:
         run_file.write_text(
             json.dumps(
                 {
+                    "pid": os.getpid(),
                     "relay_url": relay_url,
                     "endpoint": s3.endpoint,
                     "bucket": DEV_BUCKET,

@@ -4,6 +4,7 @@ real SeaweedFS, for a working bucket and for each failure SeaweedFS can give."""
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import shlex
 import subprocess
@@ -18,6 +19,7 @@ import pytest
 from botocore.exceptions import ClientError
 from conftest import REPO_ROOT, free_port
 
+from app import locals3
 from app.config import Settings
 from app.locals3 import DEV_BUCKET, REGION, LocalS3, _print_banner
 from app.probe import run_check
@@ -229,3 +231,48 @@ def test_make_run_banner_gives_a_check_command_that_passes(
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_second_make_run_in_the_same_folder_stops_before_touching_the_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The first one's SeaweedFS holds .local/s3 locked, and `make demo` reads
+    # its run.json: the second says so and leaves both alone.
+    first = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        run_file = tmp_path / ".local" / "run.json"
+        run_file.parent.mkdir()
+        state = json.dumps({"pid": first.pid, "relay_url": "http://127.0.0.1:5080"})
+        run_file.write_text(state)
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.delenv("HLSRELAY_S3_BUCKET", raising=False)
+
+        assert locals3.main([]) == 1
+
+        assert f"already running in this folder (pid {first.pid}" in (
+            capsys.readouterr().err
+        )
+        assert run_file.read_text() == state
+        assert not (tmp_path / ".local" / "s3").exists()
+    finally:
+        first.kill()
+        first.wait()
+
+
+def test_a_run_file_left_by_a_dead_make_run_does_not_block_the_next(
+    tmp_path: Path,
+) -> None:
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    run_file = tmp_path / "run.json"
+    run_file.write_text(json.dumps({"pid": int(gone.stdout)}))
+    assert locals3.running_instance(run_file) is None
+
+    run_file.write_text('{"relay_url": "written by a version without a pid"}')
+    assert locals3.running_instance(run_file) is None
+    run_file.write_text(json.dumps({"pid": os.getppid()}))
+    assert locals3.running_instance(run_file) is not None
