@@ -118,6 +118,14 @@ class LimitedHttpProtocol(RelayHttpProtocol):
 
     def _refuse_malformed(self, reason: str) -> None:
         detail = f"the request is not valid HTTP/1.1 ({reason}); nothing of it was kept"
+        if "PRI/Upgrade" in reason:
+            # llhttp's words for "PRI * HTTP/2.0", the HTTP/2 preface that
+            # `curl --http2-prior-knowledge` opens with.
+            detail = (
+                "an HTTP/2 connection preface: the relay speaks HTTP/1.1 only "
+                "(curl: --http1.1 instead of --http2-prior-knowledge); nothing "
+                "of it was kept"
+            )
         if (
             not self._in_head
             and self.cycle is not None

@@ -709,3 +709,16 @@ def test_a_websocket_upgrade_is_served_or_refused_as_json(
     assert "'websocket'" in detail and "curl" not in detail
     wait_settled(relay)
     assert "streams/ws/live.m3u8" not in bucket_keys(s3, bucket)
+
+
+def test_an_http2_preface_is_refused_in_words_an_operator_can_act_on(
+    hostile_relay: tuple[Relay, str],
+) -> None:
+    relay, _ = hostile_relay
+    response = send_raw(relay.port, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+
+    assert response is not None and response.status == 400
+    assert "HTTP/2 connection preface" in response.json()["detail"]
+    (line,) = log_lines_with(relay, "HTTP/2 connection preface")
+    assert "refused request client=127.0.0.1" in line
+    assert "--http1.1" in line
