@@ -277,6 +277,13 @@ def install_error_handlers(app: FastAPI) -> None:
             allow = upload_allow(request.url.path) or headers.get("Allow", "")
             headers["Allow"] = allow
             detail = f"{request.method[:16]} is not allowed here; allowed: {allow}"
+        elif exc.status_code == 404 and detail == "Not Found":
+            # No route matched: most often an encoder's URL missing a part.
+            detail = (
+                "no such route; encoders PUT and DELETE under "
+                "/{application}/hls-upload/{path}, e.g. "
+                "/LiveApp/hls-upload/stream.m3u8"
+            )
         logs.note_refusal(error, detail)
         return _error(exc.status_code, error, detail, headers)
 

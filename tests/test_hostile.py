@@ -722,3 +722,16 @@ def test_an_http2_preface_is_refused_in_words_an_operator_can_act_on(
     (line,) = log_lines_with(relay, "HTTP/2 connection preface")
     assert "refused request client=127.0.0.1" in line
     assert "--http1.1" in line
+
+
+@pytest.mark.parametrize(
+    "target", ["/hls-upload/x.ts", "/LiveApp/upload/x.ts", "/LiveApp/stream.m3u8"]
+)
+def test_a_put_to_no_route_says_where_uploads_go(
+    hostile_relay: tuple[Relay, str], target: str
+) -> None:
+    response = send_raw(hostile_relay[0].port, put(target))
+
+    assert response is not None and response.status == 404
+    assert response.json()["error"] == "not_found"
+    assert "/{application}/hls-upload/{path}" in response.json()["detail"]
