@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The relay and its local S3 alone: what `make run`, `demo` and `play` need.
+RUN_STAMP := $(VENV)/.installed-local
 SOURCES := app tests bench
 
 .PHONY: venv fmt lint typecheck test run demo play bench
@@ -13,6 +15,11 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -e '.[test]'
+	touch $@ $(RUN_STAMP)
+
+$(RUN_STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -e '.[local]'
 	touch $@
 
 fmt: $(STAMP)
@@ -31,16 +38,16 @@ test: lint typecheck
 
 # The relay on 127.0.0.1:5080 against a local SeaweedFS, unless
 # HLSRELAY_S3_BUCKET names a real bucket.
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(BIN)/python -m app.locals3
 
 # Pushes a 20 s test pattern to the relay that `make run` started.
-demo: $(STAMP)
+demo: $(RUN_STAMP)
 	$(BIN)/python -m app.locals3 demo
 
 # `make demo` until Ctrl-C, with a player page on http://127.0.0.1:5081 for your
 # browser (hls.js is fetched with npm into .local/node the first time).
-play: $(STAMP)
+play: $(RUN_STAMP)
 	$(BIN)/python -m app.locals3 demo --play
 
 # The relay against a direct S3 upload and nginx dav (docs/benchmarks.md);
