@@ -25,7 +25,7 @@ from app import __version__
 from app.config import Settings
 from app.locals3 import LocalS3
 from app.main import create_app
-from app.metrics import ActiveStreams, method_label
+from app.metrics import ActiveStreams, Metrics, method_label
 
 UPLOAD_ROUTE = "/{application}/hls-upload/{path}"
 SETTLE_TIMEOUT_S = 60.0
@@ -482,3 +482,16 @@ def test_requests_counted_when_encoders_hang_up_after_last_chunk(
     for path, body in bodies.items():
         stored = client.get_object(Bucket=bucket, Key=f"streams/{path}")["Body"].read()
         assert stored == body, path
+
+
+def test_metrics_carry_no_created_series() -> None:
+    # prometheus_client adds a `_created` sample per counter and histogram
+    # label set unless told not to: noise on every scrape.
+    metrics = Metrics()
+    metrics.requests.labels("/{application}/hls-upload/{path}", "PUT", "201").inc()
+    metrics.upload_seconds.labels("media").observe(0.1)
+
+    text = generate_latest(metrics.registry).decode()
+
+    assert "hlsrelay_requests_total{" in text
+    assert "_created" not in text
