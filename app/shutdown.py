@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 import time
 from types import FrameType
 
@@ -46,12 +47,20 @@ class RelayServer(uvicorn.Server):
         if not self.should_exit:
             self.clock.begin()
             log.info(
-                "stopping signal=%d: no new connections, requests in flight get "
+                "stopping signal=%s: no new connections, requests in flight get "
                 "up to %gs",
-                sig,
+                _signal_name(sig),
                 self.clock.grace_s,
             )
         super().handle_exit(sig, frame)
+
+
+def _signal_name(sig: int) -> str:
+    """SIGTERM rather than 15 (make run stops its relay with SIGTERM on Ctrl-C)."""
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return str(sig)
 
 
 def graceful_timeout(grace_s: float) -> int:

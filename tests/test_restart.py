@@ -110,3 +110,4 @@ def test_a_body_still_arriving_when_the_grace_ends_is_dropped_in_one_line(
         relay.log_text(),
     ), relay.log_text()[-2000:]
     assert " ERROR " not in relay.log_text()
+    assert "stopping signal=SIGTERM: no new connections" in relay.log_text()
