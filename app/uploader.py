@@ -119,6 +119,10 @@ class Uploader:
         self._tasks: set[asyncio.Task[None]] = set()
         # The tasks of requests whose bodies are being received.
         self._receiving: set[asyncio.Task[Any]] = set()
+        # What the start's replay has still to apply, for its "done" line.
+        self._replaying: set[int] = set()
+        self._replay_count = 0
+        self._replay_started = 0.0
         self._executor = ThreadPoolExecutor(
             max_workers=settings.upload_concurrency, thread_name_prefix="s3"
         )
@@ -176,6 +180,9 @@ class Uploader:
             log.info(
                 "spool replay entries=%d bytes=%d", len(entries), self.spool.used_bytes
             )
+            self._replaying = {entry.seq for entry in entries}
+            self._replay_count = len(entries)
+            self._replay_started = time.monotonic()
         held = [entry for entry in entries if entry.action == "delete"]
         for entry in entries:
             self.barrier.begin(entry.seq, entry.key, entry.action, _is_playlist(entry))
@@ -700,7 +707,20 @@ class Uploader:
         if isinstance(entry, SpoolEntry):
             await anyio.to_thread.run_sync(self.spool.remove, entry)
         self._resolve_ack(op.seq)
+        self._replayed(op.seq)
         self._pump()
+
+    def _replayed(self, seq: int) -> None:
+        """One more entry of the start's replay is done with; the last says so."""
+        if seq not in self._replaying:
+            return
+        self._replaying.discard(seq)
+        if not self._replaying:
+            log.info(
+                "spool replay done entries=%d in_s=%.1f",
+                self._replay_count,
+                time.monotonic() - self._replay_started,
+            )
 
     async def _lookup(self, key: str) -> None:
         try:
@@ -748,6 +768,7 @@ class Uploader:
             functools.partial(self.spool.remove, entry, recycle=recycle)
         )
         self.barrier.finished(op.seq)
+        self._replayed(op.seq)
         self._pump()
 
     async def _early_done(
@@ -899,6 +920,7 @@ class Uploader:
                     self._bulk.discard(op.seq)
                     self.barrier.finished(op.seq)
                     self._resolve_ack(op.seq)
+                    self._replayed(op.seq)
                 self._pump()
             if not waiting:
                 self.storage_ok = True

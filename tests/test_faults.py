@@ -375,7 +375,11 @@ def test_faults_sigterm_finishes_bodies_exits_within_grace_then_replays(
 
     relay.start()
     wait_settled(relay)
-    assert re.search(r"spool replay entries=[1-9]", relay.log_text())
+    replayed = re.search(r"spool replay entries=([1-9]\d*)", relay.log_text())
+    assert replayed, relay.log_text()[-2000:]
+    # Once everything replayed is in S3 (or moot), one line says so.
+    done = f"spool replay done entries={replayed.group(1)} in_s="
+    assert relay.log_text().count(done) == 1, relay.log_text()[-2000:]
     assert_bucket_matches(local_s3, bucket, pusher)
     assert bucket_state(local_s3.client(), bucket, "streams/stuck.ts") is None
 
