@@ -158,7 +158,7 @@ class ShutdownCancelNote(logging.Filter):
 
     Past the grace period the requests still running are cancelled, which
     the spool survives; each one's access line then names its upload and
-    what was kept. uvicorn says it at ERROR, which pages nobody should get.
+    what was kept. uvicorn says it at ERROR, for which nobody should be paged.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
