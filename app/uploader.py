@@ -638,10 +638,23 @@ class Uploader:
                 f"{self.settings.ack_timeout_s:g} s ({self.storage_problem or 'busy'})"
             ) from None
 
-    def _resolve_ack(self, seq: int) -> None:
+    def _applied(self, seq: int) -> None:
+        """The operation is in S3, or made moot: its waiters hear of it.
+
+        An upload-mode client waits for its ack; the start's replay counts
+        down to its "done" line.
+        """
         future = self._acks.pop(seq, None)
         if future is not None and not future.done():
             future.set_result(None)
+        if seq in self._replaying:
+            self._replaying.discard(seq)
+            if not self._replaying:
+                log.info(
+                    "spool replay done entries=%d in_s=%.1f",
+                    self._replay_count,
+                    time.monotonic() - self._replay_started,
+                )
 
     def newest_spooled(self, key: str) -> SpoolEntry | None:
         """The newest version of ``key`` received but maybe not yet in S3."""
@@ -706,21 +719,8 @@ class Uploader:
         entry = op.payload
         if isinstance(entry, SpoolEntry):
             await anyio.to_thread.run_sync(self.spool.remove, entry)
-        self._resolve_ack(op.seq)
-        self._replayed(op.seq)
+        self._applied(op.seq)
         self._pump()
-
-    def _replayed(self, seq: int) -> None:
-        """One more entry of the start's replay is done with; the last says so."""
-        if seq not in self._replaying:
-            return
-        self._replaying.discard(seq)
-        if not self._replaying:
-            log.info(
-                "spool replay done entries=%d in_s=%.1f",
-                self._replay_count,
-                time.monotonic() - self._replay_started,
-            )
 
     async def _lookup(self, key: str) -> None:
         try:
@@ -760,15 +760,13 @@ class Uploader:
         # S3 has it, which is all an upload-mode client waits for. The barrier
         # hears only once the entry is gone: a replay after a crash must never
         # re-apply it over a newer operation on the key.
-        self._resolve_ack(op.seq)
+        self._applied(op.seq)
         # Its upload is over, streamed or not, so nothing reads the file: the
-        # next segment may write over it.
-        recycle = entry.action == "put" and not op.is_playlist
+        # next segment may write over it (the spool keeps segment sizes only).
         await self._on_disk(
-            functools.partial(self.spool.remove, entry, recycle=recycle)
+            functools.partial(self.spool.remove, entry, recycle=not op.is_playlist)
         )
         self.barrier.finished(op.seq)
-        self._replayed(op.seq)
         self._pump()
 
     async def _early_done(
@@ -919,8 +917,7 @@ class Uploader:
                     del waiting[op.key]
                     self._bulk.discard(op.seq)
                     self.barrier.finished(op.seq)
-                    self._resolve_ack(op.seq)
-                    self._replayed(op.seq)
+                    self._applied(op.seq)
                 self._pump()
             if not waiting:
                 self.storage_ok = True

@@ -521,6 +521,11 @@ def test_bytes_that_are_not_http_are_refused_in_one_line_each(
     assert body_count == requests(before, route, "PUT", "400") + 1
 
 
+def kept_alive_put(path: str) -> bytes:
+    """A 10-byte PUT that leaves the connection open (put() asks to close)."""
+    return raw_head(b"PUT", up(path).encode(), b"Content-Length: 10") + b"g" * 10
+
+
 def two_answers(port: int, sent: bytes) -> tuple[RawResponse, RawResponse]:
     """The first two answers to ``sent``, written at once on one connection."""
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
@@ -540,9 +545,8 @@ def test_a_malformed_request_pipelined_after_a_good_one_is_answered_second(
     # HTTP/1.1 answers in order: the stored PUT gets its 201 first, then the
     # bytes after it their 400, in one packet as a client may send them.
     relay, bucket = hostile_relay
-    # Kept alive (put() asks to close): a closing request ends the connection.
-    good = raw_head(b"PUT", up("pipelined/good.ts").encode(), b"Content-Length: 10")
-    good += b"g" * 10
+    # Kept alive: a closing request ends the connection.
+    good = kept_alive_put("pipelined/good.ts")
     for after in (
         b"PUT /x HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
         b"junk after the body\r\n\r\n",
@@ -642,8 +646,7 @@ def test_an_upgrade_refused_behind_a_stored_put_is_answered_after_it(
     hostile_relay: tuple[Relay, str], s3: S3Client
 ) -> None:
     relay, bucket = hostile_relay
-    good = raw_head(b"PUT", up("h2c/first.ts").encode(), b"Content-Length: 10")
-    good += b"g" * 10
+    good = kept_alive_put("h2c/first.ts")
     framed = f"Content-Length: {len(PLAYLIST_OK)}".encode()
     refused = raw_head(b"PUT", up("h2c/second.m3u8").encode(), framed, *H2C)
     first, second = two_answers(relay.port, good + refused + PLAYLIST_OK)
