@@ -41,6 +41,14 @@ PROTOCOL_ANSWER = "hlsrelay.protocol_answer"
 def route_template(scope: Scope) -> str:
     """The matched route's path template, a bounded label for metrics."""
     route = scope.get("route")
+    endpoint = scope.get("endpoint")
+    if route is None and endpoint is not None:
+        # Starlette's plain routes (FastAPI's /docs and /openapi.json) name
+        # only their endpoint in the scope, not themselves.
+        routes = getattr(scope.get("app"), "routes", ())
+        route = next(
+            (r for r in routes if getattr(r, "endpoint", None) is endpoint), None
+        )
     template = getattr(route, "path_format", None) or getattr(route, "path", None)
     return template if isinstance(template, str) else UNMATCHED_ROUTE
 

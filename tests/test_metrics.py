@@ -165,11 +165,13 @@ async def test_requests_counted_by_route_template_not_path(app: FastAPI) -> None
             assert answer.status_code == 415
         await client.get("/nowhere/at/all")
         await client.request("BREW", "/healthz")
+        assert (await client.get("/openapi.json")).status_code == 200
         samples = parse((await client.get("/metrics")).text)
 
     assert requests(samples, UPLOAD_ROUTE, "PUT", "415") == 3
     assert requests(samples, "unmatched", "GET", "404") == 1
     assert requests(samples, "/healthz", "other", "405") == 1
+    assert requests(samples, "/openapi.json", "GET", "200") == 1
     durations = value(
         samples,
         "hlsrelay_request_duration_seconds_count",
