@@ -282,7 +282,7 @@ class LimitedHttpProtocol(RelayHttpProtocol):
         )
 
     def _refuse_head_size(self) -> None:
-        log.warning(
+        log.info(
             "refused request client=%s status=431: request head passes %d bytes",
             _client(self.client),
             self.max_head_bytes,

@@ -149,6 +149,10 @@ def test_limits_head_at_its_limit_passes_and_one_byte_more_is_431(
 
     assert ok is not None and ok.status == 201, ok
     assert_refused(too_big, 431, "headers_too_large")
+    # A client's mistake, at the level of every other refusal.
+    assert " INFO app.protocol refused request client=127.0.0.1 status=431" in (
+        relay.log_text()
+    )
     wait_settled(relay)
     keys = bucket_keys(s3, bucket)
     assert "streams/head-ok.ts" in keys
