@@ -165,7 +165,12 @@ class AccessMiddleware:
         # A refusal says why at the end of the line, after its error name.
         why = ""
         if refusal.error:
-            level = max(level, refusal.level)
+            # A refusal may lower its line (a routine challenge) or raise it.
+            level = (
+                refusal.level
+                if refusal.level < logging.INFO
+                else max(level, refusal.level)
+            )
             why = f" error={refusal.error}: {refusal.detail}"
         # The query string stays out: forwarding URLs may carry signed tokens.
         log.log(

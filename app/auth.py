@@ -15,6 +15,8 @@ import hashlib
 import hmac
 import ipaddress
 import logging
+import time
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 
 from fastapi import Request
@@ -29,6 +31,12 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 REALM = "hlsrelay"
+# ffmpeg sends no credentials with a file until it has been answered 401
+# for it, on every new connection. A client whose credentials were accepted
+# this recently gets its challenges logged at debug; any other client's
+# stay on the access log, so an encoder with no credentials is seen.
+KNOWN_FOR_S = 600.0
+KNOWN_CLIENTS = 4096
 
 
 def parse_networks(items: Iterable[str]) -> list[Network]:
@@ -116,6 +124,8 @@ class WriteGuard:
         if self._tokens:
             challenges.append(f'Bearer realm="{REALM}"')
         self.challenge = ", ".join(challenges)
+        # Client address -> when its credentials were last accepted.
+        self._known: OrderedDict[str, float] = OrderedDict()
 
     def client(self, request: Request) -> str:
         return client_address(request.scope, self.trusted_proxies)
@@ -144,32 +154,44 @@ class WriteGuard:
 
     def _check_credentials(self, request: Request) -> None:
         header = request.headers.get("authorization")
+        client = self.client(request)
         if header is None:
             # ffmpeg asks first without credentials (Expect: 100-continue)
             # and sends them only after this 401: routine, so not a warning.
-            log.debug(
-                "challenged client=%s path=%s", self.client(request), _raw_path(request)
-            )
+            log.debug("challenged client=%s path=%s", client, _raw_path(request))
             raise Unauthorized(
-                "credentials are needed to write here", challenge=self.challenge
+                "credentials are needed to write here",
+                challenge=self.challenge,
+                routine=self._is_known(client),
             )
 
         scheme, _, value = header.strip().partition(" ")
         scheme = scheme.lower()
         value = value.strip()
-        if scheme == "bearer" and self._tokens and self._matches_token(value):
-            return
-        if scheme == "basic" and self._basic is not None and self._matches_basic(value):
+        if (scheme == "bearer" and self._tokens and self._matches_token(value)) or (
+            scheme == "basic" and self._basic is not None and self._matches_basic(value)
+        ):
+            self._remember(client)
             return
         log.warning(
             "refused credentials client=%s scheme=%s path=%s",
-            self.client(request),
+            client,
             scheme[:20] or "none",
             _raw_path(request),
         )
         raise Unauthorized(
             "the credentials given are not accepted", challenge=self.challenge
         )
+
+    def _remember(self, client: str) -> None:
+        self._known[client] = time.monotonic()
+        self._known.move_to_end(client)
+        if len(self._known) > KNOWN_CLIENTS:
+            self._known.popitem(last=False)
+
+    def _is_known(self, client: str) -> bool:
+        accepted = self._known.get(client)
+        return accepted is not None and time.monotonic() - accepted < KNOWN_FOR_S
 
     def _matches_token(self, value: str) -> bool:
         # Starlette decodes headers as latin-1: encoding back gives the bytes

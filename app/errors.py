@@ -93,14 +93,21 @@ class MethodNotAllowed(RelayError):
 
 
 class Unauthorized(RelayError):
-    """``challenge`` is the WWW-Authenticate value naming the schemes accepted."""
+    """``challenge`` is the WWW-Authenticate value naming the schemes accepted.
+
+    ``routine`` marks a challenge to a client whose credentials were accepted
+    lately: the 401 ffmpeg asks for before each file, logged at debug.
+    """
 
     status = 401
     error = "unauthorized"
 
-    def __init__(self, detail: str, *, challenge: str = "") -> None:
+    def __init__(
+        self, detail: str, *, challenge: str = "", routine: bool = False
+    ) -> None:
         super().__init__(detail)
         self.challenge = challenge
+        self.routine = routine
 
 
 class RequestTimeout(RelayError):

@@ -261,9 +261,12 @@ def install_error_handlers(app: FastAPI) -> None:
         allow = getattr(exc, "allow", "")
         if allow:
             headers = {"Allow": allow}
-        level = (
-            logging.WARNING if exc.status >= 500 or exc.status == 413 else logging.INFO
-        )
+        if exc.status >= 500 or exc.status == 413:
+            level = logging.WARNING
+        elif getattr(exc, "routine", False):
+            level = logging.DEBUG
+        else:
+            level = logging.INFO
         logs.note_refusal(exc.error, exc.detail, level)
         return _error(exc.status, exc.error, exc.detail, headers)
 

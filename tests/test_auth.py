@@ -5,6 +5,7 @@ non-loopback address; and the client address rule behind trusted proxies."""
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import re
 import socket
@@ -139,6 +140,45 @@ async def test_auth_check_runs_on_the_event_loop_so_arrival_order_holds(
 
     assert response.status_code == 401
     assert threads == [threading.get_ident()]
+
+
+def access_levels(caplog: pytest.LogCaptureFixture, status: int) -> list[str]:
+    return [
+        record.levelname
+        for record in caplog.records
+        if record.name == "app.access" and f" status={status} " in record.getMessage()
+    ]
+
+
+@pytest.mark.anyio
+async def test_auth_challenge_to_a_client_lately_let_in_is_logged_at_debug(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # ffmpeg is answered 401 before every file it sends on a new connection:
+    # two access lines a file at INFO would hide the one that matters.
+    app = create_app(
+        Settings(s3_bucket="b", spool_dir=tmp_path, basic_auth=f"{USER}:{PASSWORD}")
+    )
+    caplog.set_level(logging.DEBUG, logger="app.access")
+
+    def client(address: str) -> httpx.AsyncClient:
+        transport = httpx.ASGITransport(app=app, client=(address, 40000))
+        return httpx.AsyncClient(transport=transport, base_url="http://t")
+
+    # A known extension would need the uploader; .exe is refused after auth.
+    async with client("192.0.2.7") as encoder, client("192.0.2.8") as stranger:
+        first = await encoder.put("/LiveApp/hls-upload/a.ts", content=b"x")
+        accepted = await encoder.put(
+            "/LiveApp/hls-upload/a.exe", content=b"x", headers=basic(USER, PASSWORD)
+        )
+        again = await encoder.put("/LiveApp/hls-upload/b.ts", content=b"x")
+        other = await stranger.put("/LiveApp/hls-upload/c.ts", content=b"x")
+        monkeypatch.setattr("app.auth.KNOWN_FOR_S", 0.0)
+        expired = await encoder.put("/LiveApp/hls-upload/d.ts", content=b"x")
+
+    assert [r.status_code for r in (first, again, other, expired)] == [401] * 4
+    assert accepted.status_code == 415
+    assert access_levels(caplog, 401) == ["INFO", "DEBUG", "INFO", "INFO"]
 
 
 # -- modes, against real relays --------------------------------------------
@@ -353,8 +393,9 @@ def wait_for_keys(client: S3Client, bucket: str, wanted: set[str]) -> set[str]:
     raise AssertionError(f"missing {sorted(wanted - keys)}; bucket has {sorted(keys)}")
 
 
-def challenges(relay: Relay, method: str) -> int:
-    return len(re.findall(rf"method={method} .* status=401 ", relay.log_text()))
+def challenges(relay: Relay, method: str, level: str = r"\w+") -> int:
+    line = rf" {level} app\.access request method={method} .* status=401 "
+    return len(re.findall(line, relay.log_text()))
 
 
 @pytest.mark.integration
@@ -365,7 +406,12 @@ def test_auth_ffmpeg_pushes_with_url_credentials(
     # 100-continue, reads the 401 and its Basic challenge, then sends the
     # file on a new connection with Authorization: Basic. The password holds
     # '@' and ':', percent-encoded in the URL as users must.
-    relay = relay_factory(extra_env={"HLSRELAY_BASIC_AUTH": f"{USER}:{PASSWORD}"})
+    relay = relay_factory(
+        extra_env={
+            "HLSRELAY_BASIC_AUTH": f"{USER}:{PASSWORD}",
+            "HLSRELAY_LOG_LEVEL": "debug",
+        }
+    )
     client = local_s3.client()
 
     push(ffmpeg, url_with_credentials(relay, USER, PASSWORD, "cred.m3u8"))
@@ -380,6 +426,8 @@ def test_auth_ffmpeg_pushes_with_url_credentials(
     # One challenge per file: each is a connection of its own.
     assert challenges(relay, "PUT") == relay.log_text().count("status=201 ")
     assert challenges(relay, "DELETE") >= 1
+    # Only the first, before ffmpeg's credentials were seen, is an INFO line.
+    assert challenges(relay, r"\w+", "INFO") == 1
     assert "refused credentials" not in relay.log_text()
     assert_no_secret_logged(relay, PASSWORD, f"{USER}:{PASSWORD}")
 
