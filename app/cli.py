@@ -21,8 +21,8 @@ from app.logs import (
     ContextFilter,
     JsonFormatter,
     SecretRedactor,
-    ShutdownCancelNote,
     TextFormatter,
+    UvicornServerNote,
     secrets_of,
 )
 
@@ -52,8 +52,8 @@ def setup_logging(settings: Settings) -> None:
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
     server_log = logging.getLogger("uvicorn.error")
-    if not any(isinstance(f, ShutdownCancelNote) for f in server_log.filters):
-        server_log.addFilter(ShutdownCancelNote())
+    if not any(isinstance(f, UvicornServerNote) for f in server_log.filters):
+        server_log.addFilter(UvicornServerNote())
     # botocore's debug output holds request headers and signatures; it stays
     # quiet even at HLSRELAY_LOG_LEVEL=debug.
     for name in ("botocore", "boto3", "s3transfer", "urllib3"):

@@ -153,15 +153,22 @@ class ContextFilter(logging.Filter):
         return True
 
 
-class ShutdownCancelNote(logging.Filter):
-    """uvicorn's "Cancel N running task(s)" at shutdown, said as a warning.
+class UvicornServerNote(logging.Filter):
+    """uvicorn's own lines, under the name ``uvicorn`` and at a fair level.
 
-    Past the grace period the requests still running are cancelled, which
-    the spool survives; each one's access line then names its upload and
-    what was kept. uvicorn says it at ERROR, for which nobody should be paged.
+    uvicorn logs everything about its server (start-up, shutdown) to
+    ``uvicorn.error``, which reads as an error on every start; the name
+    given here is the one an operator would look for.
+
+    Its "Cancel N running task(s)" at the end of the shutdown grace becomes a
+    warning: the requests still running are cancelled, which the spool
+    survives, and each one's access line then names its upload and what was
+    kept. uvicorn says it at ERROR, for which nobody should be paged.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "uvicorn.error":
+            record.name = "uvicorn"
         if isinstance(record.msg, str) and record.msg.startswith(
             "Cancel %s running task(s)"
         ):

@@ -105,7 +105,7 @@ def test_a_body_still_arriving_when_the_grace_ends_is_dropped_in_one_line(
     assert "Traceback" not in relay.log_text()
     # uvicorn's own word on it, at the level of the line above.
     assert re.search(
-        r"WARNING uvicorn.error shutdown grace passed with 1 request\(s\) running: "
+        r"WARNING uvicorn shutdown grace passed with 1 request\(s\) running: "
         r"cancelled",
         relay.log_text(),
     ), relay.log_text()[-2000:]
