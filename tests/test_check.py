@@ -276,3 +276,36 @@ def test_a_run_file_left_by_a_dead_make_run_does_not_block_the_next(
     assert locals3.running_instance(run_file) is None
     run_file.write_text(json.dumps({"pid": os.getppid()}))
     assert locals3.running_instance(run_file) is not None
+
+
+def test_a_local_s3_takes_the_port_asked_for_while_it_is_free(
+    tmp_path: Path, local_s3: LocalS3
+) -> None:
+    # `make run` asks for the port of its last run, so that the URLs and the
+    # check line it printed then still work; a port taken is no failure.
+    wanted = free_port()
+    with LocalS3(tmp_path / "free", s3_port=wanted) as free:
+        assert free.port == wanted
+        free.create_bucket("kept")
+    with LocalS3(tmp_path / "taken", s3_port=local_s3.port) as taken:
+        assert taken.port != local_s3.port
+        taken.create_bucket("moved")
+
+
+def test_make_run_keeps_its_s3_port_and_secret_for_the_next_run(
+    tmp_path: Path,
+) -> None:
+    saved = tmp_path / "s3.json"
+    s3 = LocalS3(tmp_path / "s3")
+    s3._proc, s3._ports = mock.Mock(), {"s3.port": 40123}
+    locals3._save_identity(saved, s3)
+
+    assert saved.stat().st_mode & 0o777 == 0o600
+    assert locals3._last_identity(saved) == {
+        "port": 40123,
+        "secret_key": s3.secret_key,
+    }
+    for text in ("", "[]", "not json", '{"port": "80", "secret_key": "short"}'):
+        saved.write_text(text)
+        assert locals3._last_identity(saved) == {}
+    assert locals3._last_identity(tmp_path / "missing.json") == {}
