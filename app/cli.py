@@ -61,9 +61,13 @@ def setup_logging(settings: Settings) -> None:
 
 
 def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    """Every setting as a flag, listed after the command's own options."""
+    settings = parser.add_argument_group(
+        "settings", "each flag overrides the environment variable it names"
+    )
     for name, field in Settings.model_fields.items():
         flag = "--" + name.replace("_", "-")
-        parser.add_argument(
+        settings.add_argument(
             flag,
             dest=f"setting_{name}",
             default=None,
@@ -265,31 +269,41 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve_parser = commands.add_parser("serve", help="run the relay")
-    _add_setting_flags(serve_parser)
+    # The usage lines name the command's own options; the forty settings
+    # follow in the help, each with its environment variable.
+    serve_parser = commands.add_parser(
+        "serve",
+        help="run the relay",
+        usage="%(prog)s [-h] [--allow-anonymous] [--SETTING VALUE ...]",
+    )
     serve_parser.add_argument(
         "--allow-anonymous",
         action="store_true",
         help="allow a non-loopback address with no authentication",
     )
+    _add_setting_flags(serve_parser)
     serve_parser.set_defaults(func=serve)
 
     check_parser = commands.add_parser(
         "check",
         help="prove the bucket works: write, read back and delete a probe object",
+        usage="%(prog)s [-h] [--app NAME] [--SETTING VALUE ...]",
     )
-    _add_setting_flags(check_parser)
     check_parser.add_argument(
         "--app",
         default="LiveApp",
+        metavar="NAME",
         help="application name for {app} in the key template (default LiveApp)",
     )
+    _add_setting_flags(check_parser)
     check_parser.set_defaults(func=check)
 
     cors_parser = commands.add_parser(
-        "cors", help="set the bucket CORS rule a web player on ORIGIN needs"
+        "cors",
+        help="set the bucket CORS rule a web player on ORIGIN needs",
+        usage="%(prog)s [-h] [--origin URL ...] [--allow-any-origin] [--dry-run]\n"
+        "                     [--SETTING VALUE ...]",
     )
-    _add_setting_flags(cors_parser)
     cors_parser.add_argument(
         "--origin",
         action="append",
@@ -306,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     cors_parser.add_argument(
         "--dry-run", action="store_true", help="show the rules, write nothing"
     )
+    _add_setting_flags(cors_parser)
     cors_parser.set_defaults(func=cors)
     return parser
 
