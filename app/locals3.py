@@ -588,8 +588,11 @@ def _last_identity(path: Path) -> dict[str, Any]:
 
 def _save_identity(path: Path, s3: LocalS3) -> None:
     saved = json.dumps({"port": s3.port, "secret_key": s3.secret_key})
-    path.touch(mode=0o600)
-    path.write_text(saved)
+    # Readable by its owner only, also when an older file was not.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        os.fchmod(fd, 0o600)
+        file.write(saved)
 
 
 def main(argv: list[str] | None = None) -> int:

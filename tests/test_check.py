@@ -296,6 +296,8 @@ def test_make_run_keeps_its_s3_port_and_secret_for_the_next_run(
     tmp_path: Path,
 ) -> None:
     saved = tmp_path / "s3.json"
+    saved.write_text("{}")
+    saved.chmod(0o644)
     s3 = LocalS3(tmp_path / "s3")
     s3._proc, s3._ports = mock.Mock(), {"s3.port": 40123}
     locals3._save_identity(saved, s3)
