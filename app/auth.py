@@ -8,6 +8,7 @@ needs both the network and a credential.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import functools
@@ -15,8 +16,6 @@ import hashlib
 import hmac
 import ipaddress
 import logging
-import time
-from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 
 from fastapi import Request
@@ -24,6 +23,7 @@ from starlette.types import Scope
 
 from app.config import Settings
 from app.errors import Forbidden, Unauthorized
+from app.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +32,14 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 REALM = "hlsrelay"
 # ffmpeg sends no credentials with a file until it has been answered 401
-# for it, on every new connection. A client whose credentials were accepted
-# this recently gets its challenges logged at debug; any other client's
-# stay on the access log, so an encoder with no credentials is seen.
-KNOWN_FOR_S = 600.0
-KNOWN_CLIENTS = 4096
+# for it, then sends the same request again with them at once. A challenge
+# whose retry comes within this time was routine (its access line is at
+# debug); one that no retry follows gets an INFO line of its own then, so
+# an encoder without credentials is seen, whoever else shares its address.
+FOLLOW_UP_S = 5.0
+# Challenges awaiting their retry; past this many, a 401 is an INFO line
+# at once, as it is without credentials configured to retry with.
+MAX_PENDING_CHALLENGES = 4096
 
 
 def parse_networks(items: Iterable[str]) -> list[Network]:
@@ -106,7 +109,8 @@ def _digest(secret: bytes) -> bytes:
 class WriteGuard:
     """Checks a request against the configured networks and credentials."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+        self.metrics = metrics
         self._tokens = [_digest(token.encode()) for token in settings.auth_token]
         self._basic = (
             _digest(settings.basic_auth.get_secret_value().encode())
@@ -124,8 +128,8 @@ class WriteGuard:
         if self._tokens:
             challenges.append(f'Bearer realm="{REALM}"')
         self.challenge = ", ".join(challenges)
-        # Client address -> when its credentials were last accepted.
-        self._known: OrderedDict[str, float] = OrderedDict()
+        # (client, raw path) of each challenge -> its follow-up check.
+        self._pending: dict[tuple[str, str], asyncio.TimerHandle] = {}
 
     def client(self, request: Request) -> str:
         return client_address(request.scope, self.trusted_proxies)
@@ -154,15 +158,15 @@ class WriteGuard:
 
     def _check_credentials(self, request: Request) -> None:
         header = request.headers.get("authorization")
-        client = self.client(request)
+        asked = (self.client(request), _raw_path(request))
         if header is None:
             # ffmpeg asks first without credentials (Expect: 100-continue)
             # and sends them only after this 401: routine, so not a warning.
-            log.debug("challenged client=%s path=%s", client, _raw_path(request))
+            log.debug("challenged client=%s path=%s", *asked)
             raise Unauthorized(
                 "credentials are needed to write here",
                 challenge=self.challenge,
-                routine=self._is_known(client),
+                routine=self._await_follow_up(asked),
             )
 
         scheme, _, value = header.strip().partition(" ")
@@ -171,27 +175,42 @@ class WriteGuard:
         if (scheme == "bearer" and self._tokens and self._matches_token(value)) or (
             scheme == "basic" and self._basic is not None and self._matches_basic(value)
         ):
-            self._remember(client)
+            followed = self._pending.pop(asked, None)
+            if followed is not None:
+                followed.cancel()
             return
         log.warning(
             "refused credentials client=%s scheme=%s path=%s",
-            client,
+            asked[0],
             scheme[:20] or "none",
-            _raw_path(request),
+            asked[1],
         )
         raise Unauthorized(
             "the credentials given are not accepted", challenge=self.challenge
         )
 
-    def _remember(self, client: str) -> None:
-        self._known[client] = time.monotonic()
-        self._known.move_to_end(client)
-        if len(self._known) > KNOWN_CLIENTS:
-            self._known.popitem(last=False)
+    def _await_follow_up(self, asked: tuple[str, str]) -> bool:
+        """Watch for the retry with credentials; False: log this 401 now."""
+        if asked in self._pending:
+            return True  # asked again before retrying: the first check stands
+        if len(self._pending) >= MAX_PENDING_CHALLENGES:
+            return False
+        self._pending[asked] = asyncio.get_running_loop().call_later(
+            FOLLOW_UP_S, self._no_follow_up, asked
+        )
+        return True
 
-    def _is_known(self, client: str) -> bool:
-        accepted = self._known.get(client)
-        return accepted is not None and time.monotonic() - accepted < KNOWN_FOR_S
+    def _no_follow_up(self, asked: tuple[str, str]) -> None:
+        self._pending.pop(asked, None)
+        if self.metrics is not None:
+            self.metrics.unanswered_challenges.inc()
+        log.info(
+            "refused request without credentials client=%s path=%s status=401: "
+            "no request with credentials followed within %gs; does the encoder "
+            "send any?",
+            *asked,
+            FOLLOW_UP_S,
+        )
 
     def _matches_token(self, value: str) -> bool:
         # Starlette decodes headers as latin-1: encoding back gives the bytes

@@ -95,8 +95,8 @@ class MethodNotAllowed(RelayError):
 class Unauthorized(RelayError):
     """``challenge`` is the WWW-Authenticate value naming the schemes accepted.
 
-    ``routine`` marks a challenge to a client whose credentials were accepted
-    lately: the 401 ffmpeg asks for before each file, logged at debug.
+    ``routine`` marks a challenge whose retry with credentials is awaited:
+    the 401 ffmpeg asks for before each file, its access line at debug.
     """
 
     status = 401

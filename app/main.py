@@ -71,7 +71,7 @@ def create_app(settings: Settings, storage: S3Storage | None = None) -> FastAPI:
         settings=settings,
         uploader=uploader,
         storage=storage,
-        guard=WriteGuard(settings),
+        guard=WriteGuard(settings, metrics),
         metrics=metrics,
     )
     cleanup = CleanupScheduler(settings, uploader, storage)

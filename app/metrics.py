@@ -134,6 +134,13 @@ class Metrics:
             buckets=_TIME_BUCKETS,
             registry=r,
         )
+        self.unanswered_challenges = Counter(
+            "hlsrelay_auth_challenges_unanswered_total",
+            "401s without credentials that no retry with credentials (same "
+            "client, same path) followed: an encoder that sends none. ffmpeg's "
+            "own challenge before each file is answered, and not counted.",
+            registry=r,
+        )
         self.requests_in_flight = Gauge(
             "hlsrelay_requests_in_flight",
             "Requests being received or answered right now.",

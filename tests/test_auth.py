@@ -4,6 +4,7 @@ non-loopback address; and the client address rule behind trusted proxies."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import os
@@ -21,7 +22,7 @@ import pytest
 from conftest import REPO_ROOT, FFmpeg, Relay, RelayFactory, free_port
 from rawhttp import bucket_keys, read_until_closed, wait_settled
 
-from app.auth import client_address, parse_networks
+from app.auth import FOLLOW_UP_S, client_address, parse_networks
 from app.config import Settings
 from app.main import create_app
 
@@ -150,35 +151,63 @@ def access_levels(caplog: pytest.LogCaptureFixture, status: int) -> list[str]:
     ]
 
 
-@pytest.mark.anyio
-async def test_auth_challenge_to_a_client_lately_let_in_is_logged_at_debug(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    # ffmpeg is answered 401 before every file it sends on a new connection:
-    # two access lines a file at INFO would hide the one that matters.
+def basic_auth_client(tmp_path: Path, address: str) -> httpx.AsyncClient:
+    # No lifespan runs: the HTTP layer alone, with the client at `address`.
     app = create_app(
         Settings(s3_bucket="b", spool_dir=tmp_path, basic_auth=f"{USER}:{PASSWORD}")
     )
-    caplog.set_level(logging.DEBUG, logger="app.access")
+    transport = httpx.ASGITransport(app=app, client=(address, 40000))
+    return httpx.AsyncClient(transport=transport, base_url="http://t")
 
-    def client(address: str) -> httpx.AsyncClient:
-        transport = httpx.ASGITransport(app=app, client=(address, 40000))
-        return httpx.AsyncClient(transport=transport, base_url="http://t")
 
-    # A known extension would need the uploader; .exe is refused after auth.
-    async with client("192.0.2.7") as encoder, client("192.0.2.8") as stranger:
-        first = await encoder.put("/LiveApp/hls-upload/a.ts", content=b"x")
-        accepted = await encoder.put(
+@pytest.mark.anyio
+async def test_auth_challenge_is_debug_when_retried_and_info_when_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # ffmpeg is answered 401 before every file it sends on a new connection:
+    # two access lines a file at INFO would hide the one that matters. But an
+    # encoder that sends no credentials must stay seen, also beside a good
+    # one on the same address (one host, or a NAT).
+    monkeypatch.setattr("app.auth.FOLLOW_UP_S", 0.2)
+    caplog.set_level(logging.DEBUG)
+    async with basic_auth_client(tmp_path, "192.0.2.7") as client:
+        # A known extension would need the uploader; .exe is refused after auth.
+        challenged = await client.put("/LiveApp/hls-upload/a.exe", content=b"x")
+        retried = await client.put(
             "/LiveApp/hls-upload/a.exe", content=b"x", headers=basic(USER, PASSWORD)
         )
-        again = await encoder.put("/LiveApp/hls-upload/b.ts", content=b"x")
-        other = await stranger.put("/LiveApp/hls-upload/c.ts", content=b"x")
-        monkeypatch.setattr("app.auth.KNOWN_FOR_S", 0.0)
-        expired = await encoder.put("/LiveApp/hls-upload/d.ts", content=b"x")
+        forgotten = await client.put("/LiveApp/hls-upload/b.ts", content=b"x")
+        await asyncio.sleep(0.5)
+        metrics = (await client.get("/metrics")).text
 
-    assert [r.status_code for r in (first, again, other, expired)] == [401] * 4
-    assert accepted.status_code == 415
-    assert access_levels(caplog, 401) == ["INFO", "DEBUG", "INFO", "INFO"]
+    assert [r.status_code for r in (challenged, retried, forgotten)] == [401, 415, 401]
+    assert access_levels(caplog, 401) == ["DEBUG", "DEBUG"]
+    unanswered = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "app.auth" and r.levelname == "INFO"
+    ]
+    assert unanswered == [
+        "refused request without credentials client=192.0.2.7 "
+        "path=/LiveApp/hls-upload/b.ts status=401: no request with credentials "
+        "followed within 0.2s; does the encoder send any?"
+    ]
+    assert "hlsrelay_auth_challenges_unanswered_total 1.0" in metrics
+
+
+@pytest.mark.anyio
+async def test_auth_challenges_past_the_pending_limit_are_info_lines_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr("app.auth.MAX_PENDING_CHALLENGES", 2)
+    caplog.set_level(logging.DEBUG, logger="app.access")
+    async with basic_auth_client(tmp_path, "192.0.2.9") as client:
+        for name in ("a", "a", "b", "c", "d"):
+            answer = await client.put(f"/LiveApp/hls-upload/{name}.ts", content=b"x")
+            assert answer.status_code == 401
+
+    # "a" asked twice is one pending challenge; "b" fills the two; then INFO.
+    assert access_levels(caplog, 401) == ["DEBUG", "DEBUG", "DEBUG", "INFO", "INFO"]
 
 
 # -- modes, against real relays --------------------------------------------
@@ -426,9 +455,23 @@ def test_auth_ffmpeg_pushes_with_url_credentials(
     # One challenge per file: each is a connection of its own.
     assert challenges(relay, "PUT") == relay.log_text().count("status=201 ")
     assert challenges(relay, "DELETE") >= 1
-    # Only the first, before ffmpeg's credentials were seen, is an INFO line.
-    assert challenges(relay, r"\w+", "INFO") == 1
-    assert "refused credentials" not in relay.log_text()
+
+    # A second encoder on the same address that was given no credentials:
+    # every file refused, ffmpeg exits 0 all the same.
+    push(ffmpeg, relay.base_url_for("LiveApp", "forgot.m3u8"))
+    time.sleep(FOLLOW_UP_S + 1.5)
+
+    text = relay.log_text()
+    # Each challenge that ffmpeg answered was routine: none at INFO.
+    assert challenges(relay, r"\w+", "INFO") == 0
+    unanswered = re.findall(
+        r" INFO app\.auth refused request without credentials client=127\.0\.0\.1 "
+        r"path=/LiveApp/hls-upload/(\S+) status=401",
+        text,
+    )
+    assert unanswered and all(name.startswith("forgot") for name in unanswered)
+    assert "forgot.m3u8" in unanswered
+    assert "refused credentials" not in text
     assert_no_secret_logged(relay, PASSWORD, f"{USER}:{PASSWORD}")
 
 
