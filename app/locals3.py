@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import secrets
 import shlex
 import shutil
@@ -88,13 +89,15 @@ def _free_ports(count: int) -> list[int]:
             sock.close()
 
 
-def _is_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        # As weed's own listener does (Go sets it), so that connections of
-        # an earlier run still in TIME_WAIT do not count as the port taken.
+def _is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a listener could bind ``host:port`` now (IPv4 or IPv6 host)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        # As weed's and uvicorn's listeners do, so that connections of an
+        # earlier run still in TIME_WAIT do not count as the port taken.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind(("127.0.0.1", port))
+            sock.bind((host, port))
         except OSError:
             return False
     return True
@@ -569,30 +572,44 @@ def running_instance(run_file: Path) -> dict[str, Any] | None:
     return dict(state)
 
 
-def _last_identity(path: Path) -> dict[str, Any]:
-    """The S3 port and secret a `make run` saved, or nothing usable."""
+_SAVED_SECRET = re.compile(r"[A-Za-z0-9]{20,128}")
+
+
+def _last_identity(path: Path, relay_port: int | None = None) -> dict[str, Any]:
+    """The S3 port and secret a `make run` saved, or nothing usable.
+
+    A port that is the relay's own is not one: the relay could not start.
+    """
     try:
         saved = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
     if not isinstance(saved, dict):
         return {}
     port, secret = saved.get("port"), saved.get("secret_key")
     last: dict[str, Any] = {}
-    if isinstance(port, int) and 1024 <= port <= 65535:
+    if type(port) is int and 1024 <= port <= 65535 and port != relay_port:
         last["port"] = port
-    if isinstance(secret, str) and secret.isalnum() and len(secret) >= 20:
+    if isinstance(secret, str) and _SAVED_SECRET.fullmatch(secret):
         last["secret_key"] = secret
     return last
 
 
 def _save_identity(path: Path, s3: LocalS3) -> None:
     saved = json.dumps({"port": s3.port, "secret_key": s3.secret_key})
-    # Readable by its owner only, also when an older file was not.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as file:
-        os.fchmod(fd, 0o600)
-        file.write(saved)
+    try:
+        # A new file, readable by its owner only: not one left with other
+        # permissions, nor whatever a symlink put there points at.
+        path.unlink(missing_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as file:
+            file.write(saved)
+    except OSError as exc:
+        print(
+            f"Could not keep the local S3's port and secret in {path} ({exc}); "
+            "the next run picks new ones.",
+            file=sys.stderr,
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -624,6 +641,17 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    relay_port = int(port) if port.isdigit() else None
+    if relay_port is not None and not _is_free(relay_port, host or "0.0.0.0"):
+        # Else the banner would be printed for whatever answers there, and
+        # the relay would exit on its bind error.
+        print(
+            f"Port {relay_port} on {host} is in use (another relay, or a `make "
+            "run` in another folder?): stop it, or choose another port, e.g. "
+            "HLSRELAY_PORT=5090 make run.",
+            file=sys.stderr,
+        )
+        return 1
     local.mkdir(parents=True, exist_ok=True)
     run_file.write_text(json.dumps({"pid": os.getpid()}))
     signal.signal(signal.SIGTERM, _raise_shutdown)
@@ -632,7 +660,7 @@ def main(argv: list[str] | None = None) -> int:
     # The port and secret of the last run, kept with the data so that the
     # URLs and the check line it printed still work.
     identity_file = local / "s3.json"
-    last = _last_identity(identity_file)
+    last = _last_identity(identity_file, relay_port)
     s3 = LocalS3(
         local / "s3", secret_key=last.get("secret_key"), s3_port=last.get("port")
     )

@@ -7,6 +7,7 @@ import datetime
 import json
 import os
 import shlex
+import socket
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -307,7 +308,59 @@ def test_make_run_keeps_its_s3_port_and_secret_for_the_next_run(
         "port": 40123,
         "secret_key": s3.secret_key,
     }
-    for text in ("", "[]", "not json", '{"port": "80", "secret_key": "short"}'):
+    # The relay's own port is no port for the S3 (it then could not start).
+    assert locals3._last_identity(saved, relay_port=40123) == {
+        "secret_key": s3.secret_key
+    }
+    for text in (
+        "",
+        "[]",
+        "not json",
+        "[" * 100_000 + "]" * 100_000,
+        '{"port": "80", "secret_key": "short"}',
+        '{"port": 80, "secret_key": "' + "\u00e9" * 24 + '"}',
+        '{"port": true, "secret_key": "' + "a" * 129 + '"}',
+    ):
         saved.write_text(text)
-        assert locals3._last_identity(saved) == {}
+        assert locals3._last_identity(saved) == {}, text[:60]
     assert locals3._last_identity(tmp_path / "missing.json") == {}
+
+    # A symlink in its place is replaced, not written through.
+    elsewhere = tmp_path / "elsewhere.txt"
+    elsewhere.write_text("untouched")
+    saved.unlink()
+    saved.symlink_to(elsewhere)
+    locals3._save_identity(saved, s3)
+    assert elsewhere.read_text() == "untouched"
+    assert not saved.is_symlink()
+    assert locals3._last_identity(saved)["port"] == 40123
+
+
+def test_make_run_that_cannot_keep_its_s3_port_says_so_and_goes_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocked = tmp_path / "s3.json"
+    blocked.mkdir()
+    s3 = LocalS3(tmp_path / "s3")
+    s3._proc, s3._ports = mock.Mock(), {"s3.port": 40123}
+
+    locals3._save_identity(blocked, s3)
+
+    assert "Could not keep the local S3's port and secret" in capsys.readouterr().err
+
+
+def test_make_run_refuses_a_relay_port_in_use_before_starting_anything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Otherwise it printed its banner for whatever answered /healthz there,
+    # and its relay then exited on the bind error.
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.delenv("HLSRELAY_S3_BUCKET", raising=False)
+        monkeypatch.setenv("HLSRELAY_PORT", str(port))
+
+        assert locals3.main([]) == 1
+
+    assert f"Port {port} on 127.0.0.1 is in use" in capsys.readouterr().err
+    assert not (tmp_path / ".local").exists()
