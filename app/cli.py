@@ -63,7 +63,9 @@ def setup_logging(settings: Settings) -> None:
 def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
     """Every setting as a flag, listed after the command's own options."""
     settings = parser.add_argument_group(
-        "settings", "each flag overrides the environment variable it names"
+        "settings",
+        "each flag overrides the environment variable it names; README.md "
+        "says what each one does and its default",
     )
     for name, field in Settings.model_fields.items():
         flag = "--" + name.replace("_", "-")
