@@ -304,7 +304,10 @@ class LimitedHttpProtocol(RelayHttpProtocol):
             self.metrics.requests.labels(
                 UNMATCHED_ROUTE, self._method(), str(status)
             ).inc()
-        body = json.dumps({"error": error, "detail": detail}).encode()
+        # Compact, as the routes' JSON answers are.
+        body = json.dumps(
+            {"error": error, "detail": detail}, separators=(",", ":")
+        ).encode()
         head = (
             f"HTTP/1.1 {status} {_REASONS[status]}\r\n"
             "content-type: application/json\r\n"

@@ -149,6 +149,8 @@ def test_limits_head_at_its_limit_passes_and_one_byte_more_is_431(
 
     assert ok is not None and ok.status == 201, ok
     assert_refused(too_big, 431, "headers_too_large")
+    # Written the way the routes write theirs: compact JSON.
+    assert too_big is not None and too_big.body.startswith(b'{"error":"headers_')
     # A client's mistake, at the level of every other refusal.
     assert " INFO app.protocol refused request client=127.0.0.1 status=431" in (
         relay.log_text()
