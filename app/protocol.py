@@ -143,12 +143,13 @@ class LimitedHttpProtocol(RelayHttpProtocol):
         self._log_refused(detail)
         self._refuse_in_order(detail)
 
-    def _log_refused(self, detail: str) -> None:
-        """The one line of a 400 answered here, with the path as far as it came."""
+    def _log_refused(self, detail: str, status: int = 400) -> None:
+        """The one line of a refusal answered here, with the path as far as it came."""
         log.info(
-            "refused request client=%s path=%r status=400: %s",
+            "refused request client=%s path=%r status=%d: %s",
             _client(self.client),
             self.url.decode("latin-1")[:200] if self._url_seen else "",
+            status,
             detail,
         )
 
@@ -269,30 +270,27 @@ class LimitedHttpProtocol(RelayHttpProtocol):
             # A pipelined head waits while the previous request is answered.
             self._arm_head_timer()
             return
-        log.info(
-            "closed connection client=%s: no complete request head within %gs",
-            _client(self.client),
-            self.head_timeout_s,
-        )
-        self._refuse(
-            408,
-            "request_timeout",
+        detail = (
             f"the request line and headers did not arrive within "
-            f"{self.head_timeout_s:g} s",
+            f"{self.head_timeout_s:g} s"
         )
+        if self._head_bytes:
+            self._log_refused(detail, 408)
+        else:
+            log.info(
+                "closed connection client=%s: no request within %gs",
+                _client(self.client),
+                self.head_timeout_s,
+            )
+        self._refuse(408, "request_timeout", detail)
 
     def _refuse_head_size(self) -> None:
-        log.info(
-            "refused request client=%s status=431: request head passes %d bytes",
-            _client(self.client),
-            self.max_head_bytes,
-        )
-        self._refuse(
-            431,
-            "headers_too_large",
+        detail = (
             f"the request line and headers pass {self.max_head_bytes} bytes "
-            "(HLSRELAY_MAX_HEADER_BYTES)",
+            "(HLSRELAY_MAX_HEADER_BYTES)"
         )
+        self._log_refused(detail, 431)
+        self._refuse(431, "headers_too_large", detail)
 
     def _refuse(
         self, status: int, error: str, detail: str, *, counted: bool = True

@@ -478,6 +478,13 @@ def test_heads_refused_before_the_app_are_counted(
     for method, status in (("PUT", "431"), ("PUT", "408"), ("other", "408")):
         counted = requests(after, "unmatched", method, status)
         assert counted == requests(before, "unmatched", method, status) + 1, status
+    # One line each, in the words of the protocol's other refusals; a
+    # connection that sent nothing was no request.
+    text = relay.log_text()
+    for path, status in (("a.ts", 431), ("slow.ts", 408)):
+        line = f"refused request client=127.0.0.1 path='{up(path)}' status={status}: "
+        assert line in text
+    assert f"closed connection client=127.0.0.1: no request within {STALL_S}s" in text
 
 
 def test_bytes_that_are_not_http_are_refused_in_one_line_each(
