@@ -7,7 +7,9 @@ relay) and `make demo`.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -22,6 +24,7 @@ import sys
 import sysconfig
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from types import FrameType, TracebackType
@@ -466,6 +469,7 @@ def _print_banner(s3: LocalS3, relay_url: str, player_key: str, upload: str) -> 
         "",
         "Push a test stream (or run `make demo` in another terminal):",
         f"  {ffmpeg}",
+        *_auth_hint(_Credentials.from_env()),
         "",
         "Play it from the bucket:",
         f"  ffplay {s3.url_for(DEV_BUCKET, player_key)}",
@@ -514,14 +518,20 @@ def demo(seconds: float | None = 20.0, play: bool = False) -> int:
     key = template.replace("{app}", "LiveApp").replace("{path}", "demo.m3u8")
     where = f"{endpoint}/{bucket}/{key}" if endpoint else f"s3://{bucket}/{key}"
     upload = f"{relay_url}/LiveApp/hls-upload/demo.m3u8"
+    credentials = _Credentials.from_env()
+    refusal = _write_refusal(upload, credentials)
+    if refusal:
+        print(refusal)
+        return 1
     player = _serve_player(where if endpoint else None) if play else None
     if play and player is None:
         return 1
     length = "an endless" if seconds is None else f"a {seconds:g} s"
     print(f"Pushing {length} test pattern to {upload} (Ctrl-C stops it)")
     print(f"Play it while it runs: ffplay {where}", flush=True)
-    command = _ffmpeg_args(upload, seconds)
+    command = _ffmpeg_args(credentials.url(upload), seconds)
     command[1:1] = ["-hide_banner", "-loglevel", "warning", "-nostdin"]
+    command[-1:-1] = credentials.ffmpeg_headers()
     # subprocess.run kills ffmpeg on any exception: a SIGTERM must not leave
     # an endless `make play` stream running without us.
     signal.signal(signal.SIGTERM, _raise_shutdown)
@@ -534,6 +544,85 @@ def demo(seconds: float | None = 20.0, play: bool = False) -> int:
             player.stop()
     print(f"Done (ffmpeg exit code {code}). The playlist in the bucket: {where}")
     return code
+
+
+class _Credentials:
+    """What `make demo` writes with: the relay's own settings, if it has any."""
+
+    def __init__(self, basic: str = "", token: str = "") -> None:
+        self.basic = basic
+        self.token = token
+
+    @classmethod
+    def from_env(cls) -> _Credentials:
+        tokens = os.environ.get("HLSRELAY_AUTH_TOKEN", "")
+        return cls(
+            basic=os.environ.get("HLSRELAY_BASIC_AUTH", ""),
+            token=tokens.split(",")[0].strip(),
+        )
+
+    def url(self, upload: str) -> str:
+        """ffmpeg reads basic credentials from the URL, percent-encoded."""
+        if not self.basic:
+            return upload
+        user, _, password = self.basic.partition(":")
+        quote = functools.partial(urllib.parse.quote, safe="")
+        return upload.replace("://", f"://{quote(user)}:{quote(password)}@", 1)
+
+    def ffmpeg_headers(self) -> list[str]:
+        if self.basic or not self.token:
+            return []
+        return ["-headers", f"Authorization: Bearer {self.token}\r\n"]
+
+    def header(self) -> dict[str, str]:
+        if self.basic:
+            pair = base64.b64encode(self.basic.encode()).decode()
+            return {"Authorization": f"Basic {pair}"}
+        if self.token:
+            return {"Authorization": f"Bearer {self.token}"}
+        return {}
+
+
+def _auth_hint(credentials: _Credentials) -> list[str]:
+    """How the banner's ffmpeg line gets past the relay's credentials."""
+    if credentials.basic:
+        return [
+            "  The relay asks for HLSRELAY_BASIC_AUTH's credentials: put them in",
+            "  the URL (http://user:password@host/..., percent-encoded), and give",
+            "  `make demo` the same HLSRELAY_BASIC_AUTH.",
+        ]
+    if credentials.token:
+        return [
+            "  The relay asks for a token: add -headers "
+            "\"Authorization: Bearer TOKEN\"$'\\r\\n'",
+            "  before the URL, and give `make demo` the same HLSRELAY_AUTH_TOKEN.",
+        ]
+    return []
+
+
+def _write_refusal(upload: str, credentials: _Credentials) -> str:
+    """Why the relay will refuse this push, asked first: ffmpeg exits 0 anyway.
+
+    A GET of the playlist's upload path passes the same checks as a PUT and
+    writes nothing.
+    """
+    request = urllib.request.Request(upload, headers=credentials.header())
+    try:
+        with urllib.request.urlopen(request, timeout=5):
+            return ""
+    except urllib.error.HTTPError as exc:
+        if exc.code == 401:
+            given = "were not accepted" if credentials.header() else "are needed"
+            return (
+                f"The relay asks for credentials, and they {given}: give `make "
+                "demo` the relay's own, e.g. HLSRELAY_BASIC_AUTH=user:password "
+                "make demo (or HLSRELAY_AUTH_TOKEN=...)."
+            )
+        if exc.code == 403:
+            return "The relay does not let this address write (HLSRELAY_ALLOW_CIDRS)."
+        return ""  # 404: no demo playlist yet
+    except (urllib.error.URLError, OSError):
+        return ""  # it answered /healthz a moment ago; ffmpeg will say
 
 
 def _serve_player(playlist_url: str | None) -> PlayerServer | None:

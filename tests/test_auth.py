@@ -22,6 +22,7 @@ import pytest
 from conftest import REPO_ROOT, FFmpeg, Relay, RelayFactory, free_port
 from rawhttp import bucket_keys, read_until_closed, wait_settled
 
+from app import locals3
 from app.auth import FOLLOW_UP_S, client_address, parse_networks
 from app.config import Settings
 from app.main import create_app
@@ -625,3 +626,60 @@ def test_serve_names_the_bad_auth_setting_and_never_echoes_it(
     assert proc.returncode != 0
     assert variable in output
     assert "secret" not in output
+
+
+# -- make demo against a relay that asks for credentials -------------------
+
+
+@pytest.mark.integration
+def test_make_demo_pushes_with_the_relays_credentials_and_stops_without(
+    relay_factory: RelayFactory,
+    local_s3: LocalS3,
+    bucket: str,
+    ffmpeg: FFmpeg,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # ffmpeg exits 0 with every file refused: `make demo` must not say
+    # "Done" then, and must push with the relay's credentials when given.
+    relay = relay_factory(extra_env={"HLSRELAY_BASIC_AUTH": f"{USER}:{PASSWORD}"})
+    monkeypatch.chdir(tmp_path)
+    for name in ("HLSRELAY_HOST", "HLSRELAY_AUTH_TOKEN", "HLSRELAY_KEY_TEMPLATE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HLSRELAY_PORT", str(relay.port))
+    monkeypatch.setenv("HLSRELAY_S3_BUCKET", bucket)
+
+    monkeypatch.delenv("HLSRELAY_BASIC_AUTH", raising=False)
+    assert locals3.demo(seconds=2) == 1
+    assert "asks for credentials, and they are needed" in capsys.readouterr().out
+    monkeypatch.setenv("HLSRELAY_BASIC_AUTH", f"{USER}:{PASSWORD}x")
+    assert locals3.demo(seconds=2) == 1
+    assert "they were not accepted" in capsys.readouterr().out
+    assert "streams/demo.m3u8" not in bucket_keys(local_s3.client(), bucket)
+
+    monkeypatch.setenv("HLSRELAY_BASIC_AUTH", f"{USER}:{PASSWORD}")
+    assert locals3.demo(seconds=2) == 0
+
+    wait_for_keys(local_s3.client(), bucket, {"streams/demo.m3u8"})
+    assert PASSWORD not in capsys.readouterr().out
+
+
+def test_make_demo_credentials_for_ffmpeg() -> None:
+    basic = locals3._Credentials(basic=f"{USER}:{PASSWORD}")
+    assert basic.url("http://127.0.0.1:5080/LiveApp/hls-upload/demo.m3u8") == (
+        "http://encoder:p%40ss%3Aw0rd-9z@127.0.0.1:5080/LiveApp/hls-upload/demo.m3u8"
+    )
+    assert basic.ffmpeg_headers() == []
+    token = locals3._Credentials(token=TOKENS[0])
+    assert token.url("http://h/x.m3u8") == "http://h/x.m3u8"
+    assert token.ffmpeg_headers() == [
+        "-headers",
+        f"Authorization: Bearer {TOKENS[0]}\r\n",
+    ]
+    assert token.header() == bearer(TOKENS[0])
+    assert locals3._Credentials().header() == {}
+    # The make run banner says how its ffmpeg line gets past them.
+    assert "http://user:password@" in "\n".join(locals3._auth_hint(basic))
+    assert "Authorization: Bearer TOKEN" in "\n".join(locals3._auth_hint(token))
+    assert locals3._auth_hint(locals3._Credentials()) == []
