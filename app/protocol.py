@@ -55,6 +55,9 @@ class LimitedHttpProtocol(RelayHttpProtocol):
         self._parsed_head_bytes = 0
         # Whether this head got as far as its URL, so its method is known.
         self._url_seen = False
+        # For the log only: the request target as the bytes gave it, when
+        # the parser refused it before handing it over (a NUL in the path).
+        self._raw_target = ""
         # The detail of a 400 that waits for the answers of the requests
         # before it.
         self._deferred: str | None = None
@@ -74,6 +77,9 @@ class LimitedHttpProtocol(RelayHttpProtocol):
         if self._in_head and self._head_timer is None:
             self._arm_head_timer()
         self._message_ended = False
+        self._raw_target = ""
+        if self._in_head and not self._head_bytes:
+            self._raw_target = _request_target(data)
         self._feed(data)
         if self._refused:
             return
@@ -148,7 +154,7 @@ class LimitedHttpProtocol(RelayHttpProtocol):
         log.info(
             "refused request client=%s path=%r status=%d: %s",
             _client(self.client),
-            self.url.decode("latin-1")[:200] if self._url_seen else "",
+            self.url.decode("latin-1")[:200] if self._url_seen else self._raw_target,
             status,
             detail,
         )
@@ -323,6 +329,12 @@ class LimitedHttpProtocol(RelayHttpProtocol):
         if not self._url_seen:
             return method_label("")  # nothing, or not even a request line
         return method_label(self.parser.get_method().decode("ascii", "replace"))
+
+
+def _request_target(data: bytes) -> str:
+    """The second word of the first line, when the bytes begin a request."""
+    parts = data.split(b"\n", 1)[0].split(b" ")
+    return parts[1][:200].decode("latin-1") if len(parts) >= 3 else ""
 
 
 def _client(client: tuple[str, int] | None) -> str:

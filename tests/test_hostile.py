@@ -487,6 +487,23 @@ def test_heads_refused_before_the_app_are_counted(
     assert f"closed connection client=127.0.0.1: no request within {STALL_S}s" in text
 
 
+def test_a_path_the_parser_refuses_is_logged_as_it_was_sent(
+    hostile_relay: tuple[Relay, str],
+) -> None:
+    # llhttp refuses a NUL in the path before handing the path over; the
+    # operator still learns which file the encoder tried, escaped.
+    relay, _ = hostile_relay
+    response = send_raw(relay.port, put(UPLOAD.encode() + b"nul-logged\x00.ts"))
+    assert response is not None and response.status == 400
+
+    lines = log_lines_with(relay, "nul-logged")
+    assert len(lines) == 1, lines
+    assert (
+        f"refused request client=127.0.0.1 path='{UPLOAD}nul-logged\\x00.ts' "
+        "status=400: the request is not valid HTTP/1.1" in lines[0]
+    )
+
+
 def test_bytes_that_are_not_http_are_refused_in_one_line_each(
     hostile_relay: tuple[Relay, str],
 ) -> None:
