@@ -151,10 +151,12 @@ class LimitedHttpProtocol(RelayHttpProtocol):
 
     def _log_refused(self, detail: str, status: int = 400) -> None:
         """The one line of a refusal answered here, with the path as far as it came."""
+        target = self.url.decode("latin-1") if self._url_seen else self._raw_target
         log.info(
             "refused request client=%s path=%r status=%d: %s",
             _client(self.client),
-            self.url.decode("latin-1")[:200] if self._url_seen else self._raw_target,
+            # The query stays out, as on access lines: it may carry a token.
+            target.partition("?")[0][:200],
             status,
             detail,
         )
@@ -334,7 +336,7 @@ class LimitedHttpProtocol(RelayHttpProtocol):
 def _request_target(data: bytes) -> str:
     """The second word of the first line, when the bytes begin a request."""
     parts = data.split(b"\n", 1)[0].split(b" ")
-    return parts[1][:200].decode("latin-1") if len(parts) >= 3 else ""
+    return parts[1][:400].decode("latin-1") if len(parts) >= 3 else ""
 
 
 def _client(client: tuple[str, int] | None) -> str:

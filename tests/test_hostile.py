@@ -504,6 +504,26 @@ def test_a_path_the_parser_refuses_is_logged_as_it_was_sent(
     )
 
 
+def test_a_head_refused_by_the_protocol_logs_no_query(
+    hostile_relay: tuple[Relay, str],
+) -> None:
+    # Forwarding and signed URLs carry tokens in the query; access lines
+    # leave it out, and so must the protocol's own refusals.
+    relay, _ = hostile_relay
+    target = up("query-kept-out.ts") + "?token=s3cr3t-q&X-Amz-Signature=sig-zq-w"
+    two_lengths = raw_head(
+        b"PUT", target.encode(), b"Content-Length: 3", b"Content-Length: 5"
+    )
+    response = send_raw(relay.port, two_lengths)
+    assert response is not None and response.status == 400
+
+    lines = log_lines_with(relay, "query-kept-out")
+    assert len(lines) == 1, lines
+    assert f"path='{up('query-kept-out.ts')}' status=400" in lines[0]
+    assert "s3cr3t-q" not in relay.log_text()
+    assert "sig-zq-w" not in relay.log_text()
+
+
 def test_bytes_that_are_not_http_are_refused_in_one_line_each(
     hostile_relay: tuple[Relay, str],
 ) -> None:
