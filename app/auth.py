@@ -158,7 +158,7 @@ class WriteGuard:
 
     def _check_credentials(self, request: Request) -> None:
         header = request.headers.get("authorization")
-        asked = (self.client(request), _raw_path(request))
+        asked = (self.client(request) or "unknown", _raw_path(request))
         if header is None:
             # ffmpeg asks first without credentials (Expect: 100-continue)
             # and sends them only after this 401: routine, so not a warning.
@@ -169,15 +169,16 @@ class WriteGuard:
                 routine=self._await_follow_up(asked),
             )
 
+        # The retry came: right credentials pass, wrong ones are a warning.
+        followed = self._pending.pop(asked, None)
+        if followed is not None:
+            followed.cancel()
         scheme, _, value = header.strip().partition(" ")
         scheme = scheme.lower()
         value = value.strip()
         if (scheme == "bearer" and self._tokens and self._matches_token(value)) or (
             scheme == "basic" and self._basic is not None and self._matches_basic(value)
         ):
-            followed = self._pending.pop(asked, None)
-            if followed is not None:
-                followed.cancel()
             return
         log.warning(
             "refused credentials client=%s scheme=%s path=%s",
@@ -200,17 +201,22 @@ class WriteGuard:
         )
         return True
 
-    def _no_follow_up(self, asked: tuple[str, str]) -> None:
+    def _no_follow_up(self, asked: tuple[str, str], why: str = "") -> None:
         self._pending.pop(asked, None)
         if self.metrics is not None:
             self.metrics.unanswered_challenges.inc()
         log.info(
             "refused request without credentials client=%s path=%s status=401: "
-            "no request with credentials followed within %gs; does the encoder "
-            "send any?",
+            "%s; does the encoder send any?",
             *asked,
-            FOLLOW_UP_S,
+            why or f"no request with credentials followed within {FOLLOW_UP_S:g}s",
         )
+
+    def close(self) -> None:
+        """At shutdown: the challenges still awaiting a retry will get none."""
+        for asked, check in list(self._pending.items()):
+            check.cancel()
+            self._no_follow_up(asked, "the relay stopped before a retry came")
 
     def _matches_token(self, value: str) -> bool:
         # Starlette decodes headers as latin-1: encoding back gives the bytes

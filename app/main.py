@@ -91,6 +91,7 @@ def create_app(settings: Settings, storage: S3Storage | None = None) -> FastAPI:
         try:
             yield
         finally:
+            relay.guard.close()
             cleanup.stop()
             await readiness.stop()
             await uploader.stop(shutdown.remaining())

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 from conftest import REPO_ROOT, FFmpeg, Relay, RelayFactory, free_port
+from fastapi import FastAPI
 from rawhttp import bucket_keys, read_until_closed, wait_settled
 
 from app import locals3
@@ -152,13 +153,15 @@ def access_levels(caplog: pytest.LogCaptureFixture, status: int) -> list[str]:
     ]
 
 
-def basic_auth_client(tmp_path: Path, address: str) -> httpx.AsyncClient:
+def basic_auth_client(
+    tmp_path: Path, address: str
+) -> tuple[FastAPI, httpx.AsyncClient]:
     # No lifespan runs: the HTTP layer alone, with the client at `address`.
     app = create_app(
         Settings(s3_bucket="b", spool_dir=tmp_path, basic_auth=f"{USER}:{PASSWORD}")
     )
     transport = httpx.ASGITransport(app=app, client=(address, 40000))
-    return httpx.AsyncClient(transport=transport, base_url="http://t")
+    return app, httpx.AsyncClient(transport=transport, base_url="http://t")
 
 
 @pytest.mark.anyio
@@ -171,18 +174,27 @@ async def test_auth_challenge_is_debug_when_retried_and_info_when_not(
     # one on the same address (one host, or a NAT).
     monkeypatch.setattr("app.auth.FOLLOW_UP_S", 0.2)
     caplog.set_level(logging.DEBUG)
-    async with basic_auth_client(tmp_path, "192.0.2.7") as client:
+    app, client = basic_auth_client(tmp_path, "192.0.2.7")
+    async with client:
         # A known extension would need the uploader; .exe is refused after auth.
         challenged = await client.put("/LiveApp/hls-upload/a.exe", content=b"x")
         retried = await client.put(
             "/LiveApp/hls-upload/a.exe", content=b"x", headers=basic(USER, PASSWORD)
         )
         forgotten = await client.put("/LiveApp/hls-upload/b.ts", content=b"x")
+        # A retry with the wrong password is its own warning, not "none sent".
+        await client.put("/LiveApp/hls-upload/c.ts", content=b"x")
+        await client.put(
+            "/LiveApp/hls-upload/c.ts", content=b"x", headers=basic(USER, "wrong")
+        )
         await asyncio.sleep(0.5)
         metrics = (await client.get("/metrics")).text
+        # Still waiting when the relay stops: told then, as no retry can come.
+        await client.put("/LiveApp/hls-upload/d.ts", content=b"x")
+        app.state.relay.guard.close()
 
     assert [r.status_code for r in (challenged, retried, forgotten)] == [401, 415, 401]
-    assert access_levels(caplog, 401) == ["DEBUG", "DEBUG"]
+    assert access_levels(caplog, 401) == ["DEBUG", "DEBUG", "DEBUG", "INFO", "DEBUG"]
     unanswered = [
         r.getMessage()
         for r in caplog.records
@@ -191,8 +203,12 @@ async def test_auth_challenge_is_debug_when_retried_and_info_when_not(
     assert unanswered == [
         "refused request without credentials client=192.0.2.7 "
         "path=/LiveApp/hls-upload/b.ts status=401: no request with credentials "
-        "followed within 0.2s; does the encoder send any?"
+        "followed within 0.2s; does the encoder send any?",
+        "refused request without credentials client=192.0.2.7 "
+        "path=/LiveApp/hls-upload/d.ts status=401: the relay stopped before a "
+        "retry came; does the encoder send any?",
     ]
+    assert "refused credentials client=192.0.2.7 scheme=basic" in caplog.text
     assert "hlsrelay_auth_challenges_unanswered_total 1.0" in metrics
 
 
@@ -202,7 +218,8 @@ async def test_auth_challenges_past_the_pending_limit_are_info_lines_at_once(
 ) -> None:
     monkeypatch.setattr("app.auth.MAX_PENDING_CHALLENGES", 2)
     caplog.set_level(logging.DEBUG, logger="app.access")
-    async with basic_auth_client(tmp_path, "192.0.2.9") as client:
+    _, client = basic_auth_client(tmp_path, "192.0.2.9")
+    async with client:
         for name in ("a", "a", "b", "c", "d"):
             answer = await client.put(f"/LiveApp/hls-upload/{name}.ts", content=b"x")
             assert answer.status_code == 401
