@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import functools
+import errno
 import json
 import logging
 import os
@@ -24,7 +24,6 @@ import sys
 import sysconfig
 import time
 import urllib.error
-import urllib.parse
 import urllib.request
 from pathlib import Path
 from types import FrameType, TracebackType
@@ -92,8 +91,8 @@ def _free_ports(count: int) -> list[int]:
             sock.close()
 
 
-def _is_free(port: int, host: str = "127.0.0.1") -> bool:
-    """Whether a listener could bind ``host:port`` now (IPv4 or IPv6 host)."""
+def _bind_error(port: int, host: str = "127.0.0.1") -> OSError | None:
+    """Why a listener could not bind ``host:port`` now; None if it could."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         # As weed's and uvicorn's listeners do, so that connections of an
@@ -101,9 +100,14 @@ def _is_free(port: int, host: str = "127.0.0.1") -> bool:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
-        except OSError:
-            return False
-    return True
+        except OSError as exc:
+            return exc
+    return None
+
+
+def _url_host(host: str) -> str:
+    """``host`` as a URL writes it: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 def find_weed() -> str:
@@ -205,8 +209,12 @@ class LocalS3:
                 zip(_PORT_FLAGS, _free_ports(len(_PORT_FLAGS)), strict=True)
             )
             wanted = self.wanted_s3_port
-            taken = set(self._ports.values())
-            if attempt == 1 and wanted and wanted not in taken and _is_free(wanted):
+            if (
+                attempt == 1
+                and wanted
+                and wanted not in self._ports.values()
+                and _bind_error(wanted) is None
+            ):
                 self._ports["s3.port"] = wanted
             self._proc = self._spawn(weed, config_path)
             started = time.monotonic()
@@ -492,7 +500,7 @@ def demo(seconds: float | None = 20.0, play: bool = False) -> int:
     run_file = Path.cwd() / ".local" / "run.json"
     host = os.environ.get("HLSRELAY_HOST", "127.0.0.1")
     port = os.environ.get("HLSRELAY_PORT", "5080")
-    relay_url = f"http://{host}:{port}"
+    relay_url = f"http://{_url_host(host)}:{port}"
     template = os.environ.get("HLSRELAY_KEY_TEMPLATE", "streams/{path}")
     bucket = os.environ.get("HLSRELAY_S3_BUCKET", "")
     endpoint = ""
@@ -529,7 +537,7 @@ def demo(seconds: float | None = 20.0, play: bool = False) -> int:
     length = "an endless" if seconds is None else f"a {seconds:g} s"
     print(f"Pushing {length} test pattern to {upload} (Ctrl-C stops it)")
     print(f"Play it while it runs: ffplay {where}", flush=True)
-    command = _ffmpeg_args(credentials.url(upload), seconds)
+    command = _ffmpeg_args(upload, seconds)
     command[1:1] = ["-hide_banner", "-loglevel", "warning", "-nostdin"]
     command[-1:-1] = credentials.ffmpeg_headers()
     # subprocess.run kills ffmpeg on any exception: a SIGTERM must not leave
@@ -555,24 +563,19 @@ class _Credentials:
 
     @classmethod
     def from_env(cls) -> _Credentials:
-        tokens = os.environ.get("HLSRELAY_AUTH_TOKEN", "")
+        # Stripped as the relay's settings strip them.
+        tokens = os.environ.get("HLSRELAY_AUTH_TOKEN", "").strip()
         return cls(
-            basic=os.environ.get("HLSRELAY_BASIC_AUTH", ""),
+            basic=os.environ.get("HLSRELAY_BASIC_AUTH", "").strip(),
             token=tokens.split(",")[0].strip(),
         )
 
-    def url(self, upload: str) -> str:
-        """ffmpeg reads basic credentials from the URL, percent-encoded."""
-        if not self.basic:
-            return upload
-        user, _, password = self.basic.partition(":")
-        quote = functools.partial(urllib.parse.quote, safe="")
-        return upload.replace("://", f"://{quote(user)}:{quote(password)}@", 1)
-
     def ffmpeg_headers(self) -> list[str]:
-        if self.basic or not self.token:
+        """As a header, not in the URL: ffmpeg prints its URL in every error."""
+        header = self.header()
+        if not header:
             return []
-        return ["-headers", f"Authorization: Bearer {self.token}\r\n"]
+        return ["-headers", f"Authorization: {header['Authorization']}\r\n"]
 
     def header(self) -> dict[str, str]:
         if self.basic:
@@ -730,16 +733,23 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    relay_port = int(port) if port.isdigit() else None
-    if relay_port is not None and not _is_free(relay_port, host or "0.0.0.0"):
-        # Else the banner would be printed for whatever answers there, and
-        # the relay would exit on its bind error.
-        print(
-            f"Port {relay_port} on {host} is in use (another relay, or a `make "
-            "run` in another folder?): stop it, or choose another port, e.g. "
-            "HLSRELAY_PORT=5090 make run.",
-            file=sys.stderr,
-        )
+    # Checked before anything starts: else the banner would be printed for
+    # whatever answers there, and the relay would exit on its bind error.
+    port = port.strip()
+    relay_port = int(port) if port.isdigit() else 0
+    if not 1 <= relay_port <= 65535:
+        print(f"HLSRELAY_PORT={port!r} is not a port (1 to 65535).", file=sys.stderr)
+        return 1
+    taken = _bind_error(relay_port, host or "0.0.0.0")
+    if taken is not None:
+        if taken.errno == errno.EADDRINUSE:
+            why = (
+                "is in use (another relay, or a `make run` in another folder?): "
+                "stop it, or choose another port, e.g. HLSRELAY_PORT=5090 make run."
+            )
+        else:
+            why = f"cannot be listened on: {taken} (check HLSRELAY_HOST)."
+        print(f"Port {relay_port} on {host} {why}", file=sys.stderr)
         return 1
     local.mkdir(parents=True, exist_ok=True)
     run_file.write_text(json.dumps({"pid": os.getpid()}))
@@ -775,7 +785,7 @@ def main(argv: list[str] | None = None) -> int:
         )
 
         connect_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-        relay_url = f"http://{connect_host}:{port}"
+        relay_url = f"http://{_url_host(connect_host)}:{port}"
         if not _wait_healthy(f"{relay_url}/healthz", relay, timeout_s=30):
             print(f"The relay did not come up on {relay_url}.", file=sys.stderr)
             return 1

@@ -364,3 +364,27 @@ def test_make_run_refuses_a_relay_port_in_use_before_starting_anything(
 
     assert f"Port {port} on 127.0.0.1 is in use" in capsys.readouterr().err
     assert not (tmp_path / ".local").exists()
+
+
+@pytest.mark.parametrize("port", ["abc", "0", "65536", "99999", "-1", ""])
+def test_make_run_refuses_a_relay_port_that_is_no_port(
+    port: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HLSRELAY_S3_BUCKET", raising=False)
+    monkeypatch.setenv("HLSRELAY_PORT", port)
+
+    assert locals3.main([]) == 1
+
+    assert "is not a port (1 to 65535)" in capsys.readouterr().err
+    assert not (tmp_path / ".local").exists()
+
+
+def test_make_run_writes_ipv6_hosts_in_brackets() -> None:
+    assert locals3._url_host("::1") == "[::1]"
+    assert locals3._url_host("[::1]") == "[::1]"
+    assert locals3._url_host("127.0.0.1") == "127.0.0.1"
+    assert locals3._url_host("relay.example") == "relay.example"
