@@ -736,7 +736,7 @@ def main(argv: list[str] | None = None) -> int:
     # Checked before anything starts: else the banner would be printed for
     # whatever answers there, and the relay would exit on its bind error.
     port = port.strip()
-    relay_port = int(port) if port.isdigit() else 0
+    relay_port = int(port) if port.isascii() and port.isdigit() else 0
     if not 1 <= relay_port <= 65535:
         print(f"HLSRELAY_PORT={port!r} is not a port (1 to 65535).", file=sys.stderr)
         return 1

@@ -366,7 +366,9 @@ def test_make_run_refuses_a_relay_port_in_use_before_starting_anything(
     assert not (tmp_path / ".local").exists()
 
 
-@pytest.mark.parametrize("port", ["abc", "0", "65536", "99999", "-1", ""])
+@pytest.mark.parametrize(
+    "port", ["abc", "0", "65536", "99999", "-1", "", "\uff15\uff10\uff18\uff10"]
+)
 def test_make_run_refuses_a_relay_port_that_is_no_port(
     port: str,
     tmp_path: Path,
