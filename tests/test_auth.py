@@ -499,7 +499,12 @@ def test_auth_ffmpeg_persistent_connection_is_challenged_once(
 ) -> None:
     # With -http_persistent 1 the credentials learnt from the first 401 stay
     # with the connection, so every later PUT on it carries them.
-    relay = relay_factory(extra_env={"HLSRELAY_BASIC_AUTH": f"{USER}:{PASSWORD}"})
+    relay = relay_factory(
+        extra_env={
+            "HLSRELAY_BASIC_AUTH": f"{USER}:{PASSWORD}",
+            "HLSRELAY_LOG_LEVEL": "debug",
+        }
+    )
 
     push(
         ffmpeg,
