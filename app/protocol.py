@@ -55,6 +55,8 @@ class LimitedHttpProtocol(RelayHttpProtocol):
         self._parsed_head_bytes = 0
         # Whether this head got as far as its URL, so its method is known.
         self._url_seen = False
+        # Whether a byte of the head being waited for has come.
+        self._head_begun = False
         # For the log only: the request target as the bytes gave it, when
         # the parser refused it before handing it over (a NUL in the path).
         self._raw_target = ""
@@ -94,7 +96,8 @@ class LimitedHttpProtocol(RelayHttpProtocol):
     def eof_received(self) -> None:
         # The client sends no more: a close, or a half-close that still
         # reads. Part of a head is a request that never came; say so.
-        if self._in_head and self._head_bytes and not self._refused:
+        begun = self._head_bytes or self._head_begun
+        if self._in_head and begun and not self._refused:
             detail = "the connection ended within the request head; nothing was kept"
             self._log_refused(detail)
             self._refuse(400, "invalid_request", detail)
@@ -185,6 +188,11 @@ class LimitedHttpProtocol(RelayHttpProtocol):
     def on_message_begin(self) -> None:
         self._parsed_head_bytes = 0
         self._url_seen = False
+        self._head_begun = True
+        # A head that began in the read that ended the request before it
+        # is timed from here: data_received armed no timer for it.
+        if self._head_timer is None:
+            self._arm_head_timer()
         super().on_message_begin()
 
     def on_url(self, url: bytes) -> None:
@@ -256,6 +264,7 @@ class LimitedHttpProtocol(RelayHttpProtocol):
         self._message_ended = True
         self._in_head = True
         self._head_bytes = 0
+        self._head_begun = False
         if not self._refused:
             super().on_message_complete()
 
@@ -282,7 +291,7 @@ class LimitedHttpProtocol(RelayHttpProtocol):
             f"the request line and headers did not arrive within "
             f"{self.head_timeout_s:g} s"
         )
-        if self._head_bytes:
+        if self._head_begun or self._head_bytes:
             self._log_refused(detail, 408)
         else:
             log.info(

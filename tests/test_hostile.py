@@ -583,6 +583,28 @@ def two_answers(port: int, sent: bytes) -> tuple[RawResponse, RawResponse]:
     return first, second
 
 
+def test_a_head_stalled_behind_a_request_in_the_same_read_is_timed(
+    hostile_relay: tuple[Relay, str],
+) -> None:
+    # The second head begins in the read that ends the first request; it
+    # gets HLSRELAY_HEADER_TIMEOUT_S like any head, not uvicorn's keep-alive
+    # close without an answer.
+    relay, _ = hostile_relay
+    first = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    stalled = b"PUT " + up("pipelined/stalled.ts").encode() + b" HTTP/1.1\r\nHo"
+    with socket.create_connection(("127.0.0.1", relay.port), timeout=30) as sock:
+        sock.sendall(first + stalled)
+        received = read_until_closed(sock)
+
+    second_at = received.find(b"HTTP/1.1 ", 1)
+    assert received.startswith(b"HTTP/1.1 200 ") and second_at > 0, received[:300]
+    answer = parse_response(received[second_at:])
+    assert answer is not None and answer.status == 408
+    assert answer.json()["error"] == "request_timeout"
+    line = f"refused request client=127.0.0.1 path='{up('pipelined/stalled.ts')}'"
+    assert f"{line} status=408: " in relay.log_text()
+
+
 def test_a_malformed_request_pipelined_after_a_good_one_is_answered_second(
     hostile_relay: tuple[Relay, str], s3: S3Client
 ) -> None:
