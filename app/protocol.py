@@ -79,9 +79,6 @@ class LimitedHttpProtocol(RelayHttpProtocol):
         if self._in_head and self._head_timer is None:
             self._arm_head_timer()
         self._message_ended = False
-        self._raw_target = ""
-        if self._in_head and not self._head_bytes:
-            self._raw_target = _request_target(data)
         self._feed(data)
         if self._refused:
             return
@@ -109,6 +106,9 @@ class LimitedHttpProtocol(RelayHttpProtocol):
             try:
                 self.parser.feed_data(data)
             except httptools.HttpParserError as exc:
+                if self._in_head and not (self._head_bytes or self._message_ended):
+                    # This read began the head: its first line, for the log.
+                    self._raw_target = _request_target(data)
                 self._refuse_malformed(str(exc) or "unparsable bytes")
             except httptools.HttpParserUpgrade as upgrade:
                 if self._refused:
@@ -343,8 +343,8 @@ class LimitedHttpProtocol(RelayHttpProtocol):
 
 
 def _request_target(data: bytes) -> str:
-    """The second word of the first line, when the bytes begin a request."""
-    parts = data.split(b"\n", 1)[0].split(b" ")
+    """The second word of the first line of a request's bytes."""
+    parts = data[:1024].split(b"\n", 1)[0].split(b" ")
     return parts[1][:400].decode("latin-1") if len(parts) >= 3 else ""
 
 
