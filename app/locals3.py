@@ -19,6 +19,7 @@ import shlex
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import sysconfig
@@ -667,13 +668,33 @@ def running_instance(run_file: Path) -> dict[str, Any] | None:
 _SAVED_SECRET = re.compile(r"[A-Za-z0-9]{20,128}")
 
 
+# A saved identity is a port and a 128-character secret: tens of bytes.
+IDENTITY_MAX_BYTES = 4096
+
+
+def _read_regular_file(path: Path, limit: int) -> bytes:
+    """The bytes of a plain file of at most ``limit`` bytes; else OSError.
+
+    Opened without blocking and without following a symlink: a FIFO in its
+    place would hold `make run` forever in a plain read, waiting for a writer.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
+            raise OSError(errno.EINVAL, "not a small regular file", str(path))
+        return os.read(fd, limit + 1)
+    finally:
+        os.close(fd)
+
+
 def _last_identity(path: Path, relay_port: int | None = None) -> dict[str, Any]:
     """The S3 port and secret a `make run` saved, or nothing usable.
 
     A port that is the relay's own is not one: the relay could not start.
     """
     try:
-        saved = json.loads(path.read_text())
+        saved = json.loads(_read_regular_file(path, IDENTITY_MAX_BYTES))
     except (OSError, ValueError, RecursionError):
         return {}
     if not isinstance(saved, dict):

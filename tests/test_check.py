@@ -324,6 +324,16 @@ def test_make_run_keeps_its_s3_port_and_secret_for_the_next_run(
         saved.write_text(text)
         assert locals3._last_identity(saved) == {}, text[:60]
     assert locals3._last_identity(tmp_path / "missing.json") == {}
+    # Neither a FIFO (a plain read would wait for a writer forever) nor a
+    # file larger than any identity is read.
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)
+    assert locals3._last_identity(fifo) == {}
+    padded = '{"port": 40123}' + " " * (locals3.IDENTITY_MAX_BYTES - 15)
+    saved.write_text(padded)
+    assert locals3._last_identity(saved) == {"port": 40123}
+    saved.write_text(padded + " ")
+    assert locals3._last_identity(saved) == {}
 
     # A symlink in its place is replaced, not written through.
     elsewhere = tmp_path / "elsewhere.txt"
