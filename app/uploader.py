@@ -736,8 +736,10 @@ class Uploader:
         assert isinstance(entry, SpoolEntry)
         logs.application.set(entry.app)  # this task's own context
         queued_at = self._queued_at.pop(op.seq, None)
+        waited_s = 0.0
         if queued_at is not None:
-            self.metrics.barrier_wait_seconds.observe(time.monotonic() - queued_at)
+            waited_s = time.monotonic() - queued_at
+            self.metrics.barrier_wait_seconds.observe(waited_s)
         kind = (
             "delete"
             if entry.action == "delete"
@@ -755,7 +757,7 @@ class Uploader:
         if entry.action == "put":
             self.metrics.uploaded_bytes.labels(entry.app).inc(entry.size)
         if op.version is not None:
-            self._log_published(op, entry)
+            self._log_published(op, entry, waited_s)
 
         # S3 has it, which is all an upload-mode client waits for. The barrier
         # hears only once the entry is gone: a replay after a crash must never
@@ -817,7 +819,9 @@ class Uploader:
             refusal,
         )
 
-    def _log_published(self, op: Operation, entry: SpoolEntry) -> None:
+    def _log_published(self, op: Operation, entry: SpoolEntry, waited_s: float) -> None:
+        """One line a version; ``waited_s`` is its time in the barrier, behind
+        the segments it names (the cost of guarantee 1 to this version)."""
         if op.missing:
             self.metrics.missing_refs.labels(entry.app).inc()
             log.warning(
@@ -828,7 +832,12 @@ class Uploader:
                 self.settings.segment_wait_s,
             )
         else:
-            log.info("published playlist key=%s seq=%d", entry.key, entry.seq)
+            log.info(
+                "published playlist key=%s bytes=%d waited_ms=%d",
+                entry.key,
+                entry.size,
+                round(waited_s * 1000),
+            )
 
     async def _apply_until_done(self, entry: SpoolEntry) -> bool:
         """Apply ``entry`` to S3, trying until it works; False if stopped first."""

@@ -380,6 +380,10 @@ def test_relay_json_logs_parse_and_carry_fields(
     published = [e for e in entries if e["event"] == "published playlist"]
     assert published[0]["key"] == "streams/cam1/index.m3u8"
     assert published[0]["application"] == "LiveApp"
+    # Its size, and how long it waited in the barrier for its segment.
+    assert published[0]["bytes"] == len(playlist.request.content)
+    assert isinstance(published[0]["waited_ms"], int)
+    assert 0 <= published[0]["waited_ms"] < 30_000
     # Published from a background task: it must not borrow a request's id.
     assert "request_id" not in published[0]
 
