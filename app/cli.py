@@ -12,8 +12,10 @@ import ipaddress
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import ValidationError
+from pydantic.fields import FieldInfo
 
 from app import __version__
 from app.config import Settings
@@ -64,8 +66,8 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
     """Every setting as a flag, listed after the command's own options."""
     settings = parser.add_argument_group(
         "settings",
-        "each flag overrides the environment variable it names; README.md "
-        "says what each one does and its default",
+        "each flag overrides the environment variable it names, whose "
+        "values and default it shows; README.md says what each one does",
     )
     for name, field in Settings.model_fields.items():
         flag = "--" + name.replace("_", "-")
@@ -74,9 +76,35 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
             dest=f"setting_{name}",
             default=None,
             metavar="VALUE",
-            help=f"HLSRELAY_{name.upper()}"
-            + (f": {field.description}" if field.description else ""),
+            help=f"HLSRELAY_{name.upper()}: {_setting_hint(field)}",
         )
+
+
+def _setting_hint(field: FieldInfo) -> str:
+    """The values a setting takes, when they are few, and its default."""
+    choices = (
+        get_args(field.annotation) if get_origin(field.annotation) is Literal else ()
+    )
+    default = "; default " + _shown(field.get_default(call_default_factory=True))
+    # argparse formats help with %: a default holding one must not break it.
+    if choices:
+        names = [str(choice) for choice in choices]
+        hint = ", ".join(names[:-1]) + " or " + names[-1] + default
+    else:
+        hint = default[2:]
+    return hint.replace("%", "%%")
+
+
+def _shown(value: Any) -> str:
+    if value is None or value == []:
+        return "unset"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list):
+        return ",".join(str(item) for item in value)
+    return str(value)
 
 
 def load_settings(args: argparse.Namespace) -> Settings:
