@@ -17,6 +17,8 @@ from collections import Counter
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from httpbody import read_body
+
 _HOP_BY_HOP = {
     "connection",
     "keep-alive",
@@ -153,16 +155,7 @@ class FaultProxy:
                 """Quiet: tests read what was recorded, not a log."""
 
             def _body(self) -> bytes:
-                if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-                    data = b""
-                    while size := int(self.rfile.readline().split(b";")[0], 16):
-                        data += self.rfile.read(size)
-                        self.rfile.readline()
-                    for line in iter(self.rfile.readline, b""):
-                        if line in (b"\r\n", b"\n"):
-                            break
-                    return data
-                return self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                return read_body(self.headers, self.rfile)
 
             def _handle(self) -> None:
                 body = self._body()

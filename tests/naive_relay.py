@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import boto3
 from botocore.config import Config
+from httpbody import read_body
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -85,20 +86,7 @@ class NaiveHandler(BaseHTTPRequestHandler):
         log.info("stored key=%s bytes=%d", key, len(body))
 
     def _read_body(self) -> bytes:
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            chunks: list[bytes] = []
-            while True:
-                size = int(self.rfile.readline().split(b";", 1)[0].strip(), 16)
-                if size == 0:
-                    # Trailer section: header lines up to an empty line.
-                    for line in iter(self.rfile.readline, b""):
-                        if line in (b"\r\n", b"\n"):
-                            break
-                    return b"".join(chunks)
-                chunks.append(self.rfile.read(size))
-                self.rfile.readline()
-        length = int(self.headers.get("Content-Length", "0"))
-        return self.rfile.read(length)
+        return read_body(self.headers, self.rfile)
 
     def _answer(self, status: int) -> None:
         self.send_response(status)
