@@ -630,8 +630,12 @@ class Uploader:
         return future
 
     async def _await_ack(self, ack: asyncio.Future[None], key: str) -> None:
+        # The future is this request's alone: awaited directly, its result
+        # wakes the request in one step (wait_for over a shield takes three).
+        # A timeout cancels it, which _applied then passes over.
         try:
-            await asyncio.wait_for(asyncio.shield(ack), self.settings.ack_timeout_s)
+            async with asyncio.timeout(self.settings.ack_timeout_s):
+                await ack
         except TimeoutError:
             raise StorageUnavailable(
                 f"{key!r} is spooled but not yet in S3 after "
@@ -752,17 +756,20 @@ class Uploader:
                 return  # stopping: the entry stays in the spool
             if isinstance(streamed, StorageError):
                 self._note_streaming_refused(entry.key, streamed)
-        self.metrics.upload_seconds.labels(kind).observe(time.monotonic() - started)
+        uploaded_s = time.monotonic() - started
+        # S3 has it, which is all an upload-mode client waits for. Its answer
+        # goes out first, in the loop's next step: the bookkeeping below and
+        # the spool thread's removal would otherwise hold the GIL before it.
+        # The barrier hears only once the entry is gone: a replay after a
+        # crash must never re-apply it over a newer operation on the key.
+        self._applied(op.seq)
+        await asyncio.sleep(0)
+        self.metrics.upload_seconds.labels(kind).observe(uploaded_s)
         self.metrics.uploads.labels(entry.app, kind).inc()
         if entry.action == "put":
             self.metrics.uploaded_bytes.labels(entry.app).inc(entry.size)
         if op.version is not None:
             self._log_published(op, entry, waited_s)
-
-        # S3 has it, which is all an upload-mode client waits for. The barrier
-        # hears only once the entry is gone: a replay after a crash must never
-        # re-apply it over a newer operation on the key.
-        self._applied(op.seq)
         # Its upload is over, streamed or not, so nothing reads the file: the
         # next segment may write over it (the spool keeps segment sizes only).
         await self._on_disk(
