@@ -401,7 +401,7 @@ class LocalS3:
 
 
 class _Shutdown(Exception):
-    """SIGTERM or SIGINT arrived while `make run` was serving."""
+    """SIGTERM, SIGINT or SIGHUP arrived while `make run` was serving."""
 
 
 def _raise_shutdown(signum: int, frame: FrameType | None) -> None:
@@ -505,14 +505,19 @@ def demo(seconds: float | None = 20.0, play: bool = False) -> int:
     template = os.environ.get("HLSRELAY_KEY_TEMPLATE", "streams/{path}")
     bucket = os.environ.get("HLSRELAY_S3_BUCKET", "")
     endpoint = ""
-    if not bucket and run_file.is_file():
-        state = json.loads(run_file.read_text())
-        relay_url = state["relay_url"]
-        bucket, endpoint, template = (
-            state["bucket"],
-            state["endpoint"],
-            state["key_template"],
-        )
+    state = {} if bucket else running_instance(run_file)
+    if state and "relay_url" not in state:
+        print("`make run` is still starting: try again in a moment.")
+        return 1
+    if state:
+        try:
+            relay_url, bucket, endpoint, template = (
+                str(state[name])
+                for name in ("relay_url", "bucket", "endpoint", "key_template")
+            )
+        except KeyError as missing:
+            print(f"{run_file} lacks {missing}: restart `make run`.")
+            return 1
 
     try:
         with urllib.request.urlopen(f"{relay_url}/healthz", timeout=2):
@@ -544,6 +549,7 @@ def demo(seconds: float | None = 20.0, play: bool = False) -> int:
     # subprocess.run kills ffmpeg on any exception: a SIGTERM must not leave
     # an endless `make play` stream running without us.
     signal.signal(signal.SIGTERM, _raise_shutdown)
+    signal.signal(signal.SIGHUP, _raise_shutdown)
     try:
         code = subprocess.run(command, check=False).returncode
     except (KeyboardInterrupt, _Shutdown):
@@ -649,20 +655,32 @@ def _serve_player(playlist_url: str | None) -> PlayerServer | None:
 
 def running_instance(run_file: Path) -> dict[str, Any] | None:
     """What ``run_file`` says of a `make run` still alive, other than this one."""
+    state = _read_run_file(run_file)
     try:
-        state = json.loads(run_file.read_text())
         pid = int(state["pid"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (KeyError, TypeError, ValueError):
         return None  # none, or written by a version without a pid
-    if pid == os.getpid():
-        return None
+    if pid == os.getpid() or not _is_make_run(pid):
+        return None  # it died without cleaning up, and its pid may be reused
+    return state
+
+
+def _is_make_run(pid: int) -> bool:
+    """Whether ``pid`` is alive and a `make run` (``python -m app.locals3``)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None  # it died without cleaning up
-    except PermissionError:
-        pass  # alive, as another user
-    return dict(state)
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"app.locals3" in argv
+
+
+def _read_run_file(run_file: Path) -> dict[str, Any]:
+    """What a `make run` wrote of itself; empty when there is nothing usable."""
+    try:
+        state = json.loads(_read_regular_file(run_file, IDENTITY_MAX_BYTES))
+    except (OSError, ValueError, RecursionError):
+        return {}
+    return state if isinstance(state, dict) else {}
 
 
 _SAVED_SECRET = re.compile(r"[A-Za-z0-9]{20,128}")
@@ -708,15 +726,29 @@ def _last_identity(path: Path, relay_port: int | None = None) -> dict[str, Any]:
     return last
 
 
+def _write_private(path: Path, text: str) -> None:
+    """Replace ``path`` with a new file holding ``text``, for its owner only.
+
+    Not written into whatever is there: a file left with other permissions,
+    a FIFO, or a symlink to somewhere else. The new file is renamed over it,
+    so a reader sees the old text or the new, never half of it.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "w") as file:
+            file.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def _save_identity(path: Path, s3: LocalS3) -> None:
     saved = json.dumps({"port": s3.port, "secret_key": s3.secret_key})
     try:
-        # A new file, readable by its owner only: not one left with other
-        # permissions, nor whatever a symlink put there points at.
-        path.unlink(missing_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "w") as file:
-            file.write(saved)
+        _write_private(path, saved)
     except OSError as exc:
         print(
             f"Could not keep the local S3's port and secret in {path} ({exc}); "
@@ -773,9 +805,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Port {relay_port} on {host} {why}", file=sys.stderr)
         return 1
     local.mkdir(parents=True, exist_ok=True)
-    run_file.write_text(json.dumps({"pid": os.getpid()}))
-    signal.signal(signal.SIGTERM, _raise_shutdown)
-    signal.signal(signal.SIGINT, _raise_shutdown)
+    try:
+        _write_private(run_file, json.dumps({"pid": os.getpid()}))
+    except OSError as exc:
+        print(f"Cannot write {run_file}: {exc}", file=sys.stderr)
+        return 1
+    # A closed terminal (SIGHUP) stops it too: else the relay and its S3,
+    # each in a session of its own, would keep the ports after it.
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, _raise_shutdown)
 
     # The port and secret of the last run, kept with the data so that the
     # URLs and the check line it printed still work.
@@ -788,7 +826,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print(f"Starting local S3 (SeaweedFS) in {s3.data_dir} ...", flush=True)
         s3.start()
-        if last.get("port") not in (None, s3.port):
+        if len(last) < 2 and (identity_file.exists() or identity_file.is_symlink()):
+            print(
+                f"{identity_file} holds no usable port and secret: the local S3 "
+                "has new ones this time (the URLs printed before no longer work).",
+                flush=True,
+            )
+        elif last.get("port") not in (None, s3.port):
             print(
                 f"Port {last['port']} of the last run is taken: the local S3 "
                 f"listens on {s3.port} this time.",
@@ -817,16 +861,19 @@ def main(argv: list[str] | None = None) -> int:
         )
         upload = f"{relay_url}/LiveApp/hls-upload/stream.m3u8"
         # `make demo` reads this to know where the bucket is this time.
-        run_file.write_text(
+        _write_private(
+            run_file,
             json.dumps(
                 {
                     "pid": os.getpid(),
+                    "relay_pid": relay.pid,
+                    "s3_pid": s3.pid,
                     "relay_url": relay_url,
                     "endpoint": s3.endpoint,
                     "bucket": DEV_BUCKET,
                     "key_template": template,
                 }
-            )
+            ),
         )
         _print_banner(s3, relay_url, player_key, upload)
         code = relay.wait()
@@ -839,8 +886,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         # A second Ctrl-C must not cut the clean-up short and orphan children.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_IGN)
         print("Stopping ...", flush=True)
         with contextlib.suppress(FileNotFoundError):
             run_file.unlink()

@@ -3,13 +3,16 @@ real SeaweedFS, for a working bucket and for each failure SeaweedFS can give."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
 import shlex
+import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -239,7 +242,7 @@ def test_a_second_make_run_in_the_same_folder_stops_before_touching_the_first(
 ) -> None:
     # The first one's SeaweedFS holds .local/s3 locked, and `make demo` reads
     # its run.json: the second says so and leaves both alone.
-    first = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    first = _stand_in_make_run()
     try:
         run_file = tmp_path / ".local" / "run.json"
         run_file.parent.mkdir()
@@ -275,8 +278,74 @@ def test_a_run_file_left_by_a_dead_make_run_does_not_block_the_next(
 
     run_file.write_text('{"relay_url": "written by a version without a pid"}')
     assert locals3.running_instance(run_file) is None
+    # A pid alive again, but not a `make run`: reused since.
     run_file.write_text(json.dumps({"pid": os.getppid()}))
-    assert locals3.running_instance(run_file) is not None
+    assert locals3.running_instance(run_file) is None
+    # Nor is a FIFO in its place read (a plain read would wait for a writer).
+    run_file.unlink()
+    os.mkfifo(run_file)
+    assert locals3.running_instance(run_file) is None
+
+    alive = _stand_in_make_run()
+    try:
+        run_file.unlink()
+        run_file.write_text(json.dumps({"pid": alive.pid}))
+        assert locals3.running_instance(run_file) == {"pid": alive.pid}
+    finally:
+        alive.kill()
+        alive.wait()
+
+
+def _stand_in_make_run() -> subprocess.Popen[bytes]:
+    """A process that `make run`'s checks take for one: python, app.locals3."""
+    script = "import time; time.sleep(60)"
+    proc = subprocess.Popen([sys.executable, "-c", script, "app.locals3"])
+    # Its command line reads empty for a moment while the exec completes.
+    deadline = time.monotonic() + 10
+    while not locals3._is_make_run(proc.pid):
+        assert time.monotonic() < deadline, "the stand-in never started"
+        time.sleep(0.01)
+    return proc
+
+
+def test_make_run_replaces_its_files_never_writing_through_what_is_there(
+    tmp_path: Path,
+) -> None:
+    elsewhere = tmp_path / "elsewhere.txt"
+    elsewhere.write_text("untouched")
+    run_file = tmp_path / "run.json"
+    run_file.symlink_to(elsewhere)
+    locals3._write_private(run_file, '{"pid": 1}')
+    assert elsewhere.read_text() == "untouched"
+    assert not run_file.is_symlink() and run_file.read_text() == '{"pid": 1}'
+    assert run_file.stat().st_mode & 0o777 == 0o600
+
+    run_file.unlink()
+    os.mkfifo(run_file)  # written into, it would block until a reader came
+    locals3._write_private(run_file, '{"pid": 2}')
+    assert run_file.read_text() == '{"pid": 2}'
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "elsewhere.txt",
+        "run.json",
+    ]
+
+
+def test_make_demo_while_make_run_is_still_starting_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    starting = _stand_in_make_run()
+    try:
+        run_file = tmp_path / ".local" / "run.json"
+        run_file.parent.mkdir()
+        run_file.write_text(json.dumps({"pid": starting.pid}))
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.delenv("HLSRELAY_S3_BUCKET", raising=False)
+
+        assert locals3.demo(seconds=1) == 1
+        assert "still starting: try again" in capsys.readouterr().out
+    finally:
+        starting.kill()
+        starting.wait()
 
 
 def test_a_local_s3_takes_the_port_asked_for_while_it_is_free(
@@ -400,3 +469,61 @@ def test_make_run_writes_ipv6_hosts_in_brackets() -> None:
     assert locals3._url_host("[::1]") == "[::1]"
     assert locals3._url_host("127.0.0.1") == "127.0.0.1"
     assert locals3._url_host("relay.example") == "relay.example"
+
+
+def _refuses_connections(url: str) -> bool:
+    host, _, port = url.rpartition("/")[2].rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=1).close()
+    except OSError:
+        return True
+    return False
+
+
+@pytest.mark.integration
+def test_make_run_stops_its_relay_and_s3_when_its_terminal_closes(
+    tmp_path: Path,
+) -> None:
+    # SIGHUP is what a closed terminal sends. The relay and SeaweedFS run in
+    # sessions of their own, so they kept the ports after it.
+    local = tmp_path / ".local"
+    local.mkdir()
+    os.mkfifo(local / "s3.json")  # no usable identity: new ones, said so
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HLSRELAY_")}
+    env["HLSRELAY_PORT"] = str(free_port())
+    run = subprocess.Popen(
+        [sys.executable, "-m", "app.locals3"],
+        cwd=tmp_path,
+        env={**env, "PYTHONPATH": str(REPO_ROOT)},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        state: dict[str, Any] = {}
+        while "relay_url" not in state:
+            assert run.poll() is None and time.monotonic() < deadline, "no start"
+            time.sleep(0.2)
+            state = locals3._read_run_file(local / "run.json")
+        assert not _refuses_connections(state["relay_url"])
+        assert not _refuses_connections(state["endpoint"])
+
+        os.kill(run.pid, signal.SIGHUP)
+        output, _ = run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+        for child in ("relay_pid", "s3_pid"):  # left behind: the test fails
+            if child in state:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(state[child], signal.SIGKILL)
+    text = output.decode(errors="replace")
+    assert run.returncode == 0, text
+    assert "holds no usable port and secret: the local S3 has new ones" in text
+    assert _refuses_connections(state["relay_url"]), text
+    assert _refuses_connections(state["endpoint"]), text
+    assert not (local / "run.json").exists()
+    assert json.loads((local / "s3.json").read_text())["port"] > 0
