@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -237,30 +237,40 @@ def test_make_run_banner_gives_a_check_command_that_passes(
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_a_second_make_run_in_the_same_folder_stops_before_touching_the_first(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    # The first one's SeaweedFS holds .local/s3 locked, and `make demo` reads
-    # its run.json: the second says so and leaves both alone.
+@pytest.fixture
+def make_run_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[Path, subprocess.Popen[bytes]]]:
+    """A folder to run `make run` in, where another one (a stand-in) runs."""
     first = _stand_in_make_run()
+    run_file = tmp_path / ".local" / "run.json"
+    run_file.parent.mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HLSRELAY_S3_BUCKET", raising=False)
     try:
-        run_file = tmp_path / ".local" / "run.json"
-        run_file.parent.mkdir()
-        state = json.dumps({"pid": first.pid, "relay_url": "http://127.0.0.1:5080"})
-        run_file.write_text(state)
-        monkeypatch.chdir(tmp_path)
-        monkeypatch.delenv("HLSRELAY_S3_BUCKET", raising=False)
-
-        assert locals3.main([]) == 1
-
-        assert f"already running in this folder (pid {first.pid}" in (
-            capsys.readouterr().err
-        )
-        assert run_file.read_text() == state
-        assert not (tmp_path / ".local" / "s3").exists()
+        yield run_file, first
     finally:
         first.kill()
         first.wait()
+
+
+def test_a_second_make_run_in_the_same_folder_stops_before_touching_the_first(
+    make_run_folder: tuple[Path, subprocess.Popen[bytes]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The first one's SeaweedFS holds .local/s3 locked, and `make demo` reads
+    # its run.json: the second says so and leaves both alone.
+    run_file, first = make_run_folder
+    state = json.dumps({"pid": first.pid, "relay_url": "http://127.0.0.1:5080"})
+    run_file.write_text(state)
+
+    assert locals3.main([]) == 1
+
+    assert f"already running in this folder (pid {first.pid}" in (
+        capsys.readouterr().err
+    )
+    assert run_file.read_text() == state
+    assert not (run_file.parent / "s3").exists()
 
 
 def test_a_run_file_left_by_a_dead_make_run_does_not_block_the_next(
@@ -331,21 +341,14 @@ def test_make_run_replaces_its_files_never_writing_through_what_is_there(
 
 
 def test_make_demo_while_make_run_is_still_starting_says_so(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    make_run_folder: tuple[Path, subprocess.Popen[bytes]],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    starting = _stand_in_make_run()
-    try:
-        run_file = tmp_path / ".local" / "run.json"
-        run_file.parent.mkdir()
-        run_file.write_text(json.dumps({"pid": starting.pid}))
-        monkeypatch.chdir(tmp_path)
-        monkeypatch.delenv("HLSRELAY_S3_BUCKET", raising=False)
+    run_file, starting = make_run_folder
+    run_file.write_text(json.dumps({"pid": starting.pid}))
 
-        assert locals3.demo(seconds=1) == 1
-        assert "still starting: try again" in capsys.readouterr().out
-    finally:
-        starting.kill()
-        starting.wait()
+    assert locals3.demo(seconds=1) == 1
+    assert "still starting: try again" in capsys.readouterr().out
 
 
 def test_a_local_s3_takes_the_port_asked_for_while_it_is_free(
