@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
+import socket
 import sys
 from collections.abc import Sequence
 from typing import Any, Literal, get_args, get_origin
@@ -166,6 +167,18 @@ def serve(args: argparse.Namespace) -> int:
         )
         return 2
 
+    try:
+        listener = listen_socket(settings.host, settings.port)
+    except OSError as exc:
+        log.error(
+            "cannot listen on %s port %d: %s (another relay there? see "
+            "HLSRELAY_HOST and HLSRELAY_PORT)",
+            settings.host,
+            settings.port,
+            exc.strerror or exc,
+        )
+        return 2
+
     app = create_app(settings)
     config = uvicorn.Config(
         app,
@@ -189,8 +202,28 @@ def serve(args: argparse.Namespace) -> int:
         ws="none",
     )
     server = RelayServer(config, app.state.shutdown)
-    server.run()
+    with listener:
+        server.run(sockets=[listener])
     return 0 if server.started else 1
+
+
+def listen_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port``, for the server to listen on.
+
+    Bound before the relay starts, so that a port in use is one clear error
+    line instead of a start-up followed by the server's bind failure.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        # As uvicorn's and weed's listeners do: connections of an earlier run
+        # still in TIME_WAIT do not count as the port taken.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 _MARKS = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL"}

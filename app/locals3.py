@@ -34,6 +34,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from app.cli import listen_socket
 from app.player import DEFAULT_PORT as PLAYER_PORT
 from app.player import PlayerError, PlayerServer, install_hlsjs
 
@@ -94,15 +95,10 @@ def _free_ports(count: int) -> list[int]:
 
 def _bind_error(port: int, host: str = "127.0.0.1") -> OSError | None:
     """Why a listener could not bind ``host:port`` now; None if it could."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        # As weed's and uvicorn's listeners do, so that connections of an
-        # earlier run still in TIME_WAIT do not count as the port taken.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            return exc
+    try:
+        listen_socket(host, port).close()
+    except OSError as exc:
+        return exc
     return None
 
 

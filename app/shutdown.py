@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import signal
+import socket
 import time
 from types import FrameType
 
@@ -42,6 +43,16 @@ class RelayServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, clock: ShutdownClock) -> None:
         super().__init__(config)
         self.clock = clock
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        # uvicorn says where it listens only for the sockets it bound itself;
+        # the relay binds its own (app/cli.py) to refuse a taken port early.
+        if sockets and not self.should_exit:
+            for sock in sockets:
+                host, port = sock.getsockname()[:2]
+                shown = f"[{host}]" if ":" in host else host
+                log.info("listening on http://%s:%d", shown, port)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if not self.should_exit:
