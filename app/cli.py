@@ -86,7 +86,10 @@ def _setting_hint(field: FieldInfo) -> str:
     choices = (
         get_args(field.annotation) if get_origin(field.annotation) is Literal else ()
     )
-    default = "; default " + _shown(field.get_default(call_default_factory=True))
+    value = field.get_default(call_default_factory=True)
+    # A description says what an unset setting means instead.
+    shown = field.description if value is None and field.description else _shown(value)
+    default = "; default " + shown
     # argparse formats help with %: a default holding one must not break it.
     if choices:
         names = [str(choice) for choice in choices]

@@ -117,7 +117,9 @@ class Settings(BaseSettings):
     # Clean-up on the media server's publish_finished notice. With no delay
     # set, the stream's own live window is waited for (see app/cleanup.py).
     delete_on_end: bool = False
-    delete_on_end_delay_s: float | None = Field(None, ge=0)
+    delete_on_end_delay_s: float | None = Field(
+        None, ge=0, description="the stream's own live window"
+    )
 
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["debug", "info", "warning", "error"] = "info"

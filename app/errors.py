@@ -40,6 +40,9 @@ class InvalidPath(RelayError):
 
 
 class PlaylistError(RelayError):
+    """A playlist the relay will not store: viewers stay on the version before,
+    so the stream looks stuck; its refusal is logged as a warning."""
+
     status = 400
     error = "invalid_playlist"
 
@@ -79,6 +82,13 @@ class UnknownCommand(RelayError):
 class NotFound(RelayError):
     status = 404
     error = "not_found"
+
+
+class NoPlaylistYet(NotFound):
+    """A GET of a playlist never uploaded. ffmpeg's append_list asks for it
+    before a stream's first upload, so the refusal is routine: at debug."""
+
+    routine = True
 
 
 class MethodNotAllowed(RelayError):

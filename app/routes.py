@@ -26,7 +26,8 @@ from app.errors import (
     BodyTooLarge,
     InvalidPath,
     MethodNotAllowed,
-    NotFound,
+    NoPlaylistYet,
+    PlaylistError,
     RelayError,
 )
 from app.metrics import Metrics
@@ -203,7 +204,9 @@ async def get_playlist(application: str, path: str, request: Request) -> Respons
             relay.storage.get, key, relay.settings.max_playlist_bytes
         )
     if data is None:
-        raise NotFound(f"no playlist {upload.path!r} in application {upload.app!r}")
+        raise NoPlaylistYet(
+            f"no playlist {upload.path!r} in application {upload.app!r}"
+        )
     return Response(
         data, media_type=upload.content_type, headers={"Cache-Control": "no-cache"}
     )
@@ -261,7 +264,7 @@ def install_error_handlers(app: FastAPI) -> None:
         allow = getattr(exc, "allow", "")
         if allow:
             headers = {"Allow": allow}
-        if exc.status >= 500 or exc.status == 413:
+        if exc.status >= 500 or exc.status == 413 or isinstance(exc, PlaylistError):
             level = logging.WARNING
         elif getattr(exc, "routine", False):
             level = logging.DEBUG

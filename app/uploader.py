@@ -832,11 +832,12 @@ class Uploader:
         if op.missing:
             self.metrics.missing_refs.labels(entry.app).inc()
             log.warning(
-                "published playlist with missing references key=%s missing=%s "
-                "waited_s=%g",
+                "published playlist with missing references key=%s bytes=%d "
+                "waited_ms=%d missing=%s",
                 entry.key,
+                entry.size,
+                round(waited_s * 1000),
                 ",".join(sorted(op.missing)[:5]),
-                self.settings.segment_wait_s,
             )
         else:
             log.info(

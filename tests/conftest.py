@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from app.config import Settings
 from app.locals3 import REGION, LocalS3
 from app.locals3 import free_port as _free_port
 
@@ -45,6 +46,21 @@ def bucket(local_s3: LocalS3) -> str:
     name = f"t-{uuid.uuid4().hex[:20]}"
     local_s3.create_bucket(name)
     return name
+
+
+def make_settings(
+    local_s3: LocalS3, bucket: str, spool: Path, **extra: object
+) -> Settings:
+    return Settings(
+        s3_bucket=bucket,
+        s3_endpoint=local_s3.endpoint,
+        s3_access_key=local_s3.access_key,
+        s3_secret_key=local_s3.secret_key,
+        s3_addressing="path",
+        spool_dir=spool,
+        segment_wait_s=2,
+        **extra,
+    )
 
 
 class Relay:

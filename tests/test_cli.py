@@ -43,6 +43,7 @@ def test_cli_help_names_own_options_first_then_the_settings(
     assert "HLSRELAY_S3_ADDRESSING: auto, path or virtual; default auto" in flat
     assert "HLSRELAY_STREAM_UPLOADS: default true" in flat
     assert "HLSRELAY_SHUTDOWN_GRACE_S: default 10" in flat
+    assert "HLSRELAY_DELETE_ON_END_DELAY_S: default the stream's own live" in flat
 
 
 def test_cli_settings_still_parse_beside_a_command_option() -> None:

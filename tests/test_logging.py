@@ -18,11 +18,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import REPO_ROOT, Relay, RelayFactory, free_port
+from conftest import REPO_ROOT, Relay, RelayFactory, free_port, make_settings
 
 from app import logs
 from app.cli import setup_logging
 from app.config import Settings
+from app.locals3 import LocalS3
 from app.logs import (
     REDACTED,
     ContextFilter,
@@ -300,6 +301,58 @@ async def test_access_log_names_the_client_behind_a_trusted_proxy(
     (line,) = [r.getMessage() for r in caplog.records if r.name == "app.access"]
     assert "client=203.0.113.7" in line  # the hop nginx saw, not 127.0.0.1
     assert "198.51.100.9" not in line  # written by the client: proves nothing
+
+
+@pytest.mark.anyio
+async def test_access_log_gives_the_path_as_sent_without_its_query(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = Settings(spool_dir=tmp_path, s3_bucket="live-bucket")
+    transport = httpx.ASGITransport(app=create_app(settings))
+    sent = "/LiveApp/hls-upload/a/%2E%2E%2Fevil.ts"
+
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        with caplog.at_level("DEBUG", logger="app.access"):
+            answer = await client.put(f"{sent}?sig=secret-token", content=b"x")
+
+    assert answer.status_code == 400
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "app.access"]
+    # Decoded, the refused name would read as a "../" that was let through.
+    assert f"path='{sent}'" in line, line
+    assert "secret-token" not in line and "../" not in line
+
+
+@pytest.mark.integration
+@pytest.mark.anyio
+async def test_access_log_levels_follow_what_the_operator_must_do(
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    local_s3: LocalS3,
+    bucket: str,
+) -> None:
+    app = create_app(make_settings(local_s3, bucket, tmp_path))
+    transport = httpx.ASGITransport(app=app)
+    up = "/LiveApp/hls-upload"
+
+    async with (
+        app.router.lifespan_context(app),  # the spool, for the PUTs
+        httpx.AsyncClient(transport=transport, base_url="http://t") as client,
+    ):
+        with caplog.at_level("DEBUG", logger="app.access"):
+            # ffmpeg's append_list, before the stream's first upload: routine.
+            missing = await client.get(f"{up}/new.m3u8")
+            # A stream whose viewers stay on the version before: a warning.
+            broken = await client.put(f"{up}/live.m3u8", content=b"<html>")
+            # A client's mistake, nothing wrong with the relay or a stream.
+            bad_name = await client.put(f"{up}/x.exe", content=b"x")
+
+    assert [missing.status_code, broken.status_code, bad_name.status_code] == [
+        404,
+        400,
+        415,
+    ]
+    levels = [r.levelname for r in caplog.records if r.name == "app.access"]
+    assert levels == ["DEBUG", "WARNING", "INFO"]
 
 
 # -- real relays -----------------------------------------------------------------

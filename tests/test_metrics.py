@@ -379,6 +379,13 @@ def test_metrics_count_playlist_written_with_missing_reference(
     # It waited out its bound (0.5 s) before being written, by the rule.
     assert value(s, "hlsrelay_playlist_barrier_wait_seconds_bucket", le="0.25") == 0
     assert value(s, "hlsrelay_playlist_barrier_wait_seconds_sum") >= 0.5
+    # And the operator's line says which playlist, what it lacks, how long.
+    (line,) = [
+        line for line in relay.log_text().splitlines() if "missing references" in line
+    ]
+    assert f"key=streams/cam1/index.m3u8 bytes={len(text)} waited_ms=" in line
+    assert int(line.split("waited_ms=")[1].split()[0]) >= 500
+    assert line.endswith("missing=streams/cam1/never_sent.ts"), line
 
 
 @pytest.mark.integration

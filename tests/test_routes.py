@@ -20,12 +20,12 @@ import httpx
 import pytest
 import uvicorn
 from botocore.exceptions import ClientError
+from conftest import make_settings
 from fastapi import FastAPI
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app.config import Settings
 from app.locals3 import LocalS3, free_port
 from app.main import create_app
 
@@ -55,21 +55,6 @@ class Server:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=30)
-
-
-def make_settings(
-    local_s3: LocalS3, bucket: str, spool: Path, **extra: object
-) -> Settings:
-    return Settings(
-        s3_bucket=bucket,
-        s3_endpoint=local_s3.endpoint,
-        s3_access_key=local_s3.access_key,
-        s3_secret_key=local_s3.secret_key,
-        s3_addressing="path",
-        spool_dir=spool,
-        segment_wait_s=2,
-        **extra,
-    )
 
 
 @pytest.fixture
