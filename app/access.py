@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import logs
-from app.auth import Network, client_address
+from app.auth import Network, client_address, sent_path
 from app.metrics import Metrics, method_label
 from app.paths import is_valid_app
 
@@ -172,21 +172,12 @@ class AccessMiddleware:
                 else max(level, refusal.level)
             )
             why = f" error={refusal.error}: {refusal.detail}"
-        # The path as the client sent it, percent-encoding kept: decoded,
-        # a refused "%2E%2E%2F" would read as a "../" the relay let through.
-        # The query string stays out: forwarding URLs may carry signed tokens.
-        raw_path = scope.get("raw_path")
-        shown = (
-            raw_path.partition(b"?")[0].decode("latin-1")
-            if isinstance(raw_path, bytes)
-            else path
-        )
         log.log(
             level,
             "request method=%s path=%r route=%s status=%d duration=%.4f "
             "bytes_in=%d bytes_out=%d client=%s%s",
             scope["method"][:16],
-            shown[:300],
+            sent_path(scope)[:300],
             route,
             status,
             duration,

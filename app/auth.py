@@ -239,7 +239,17 @@ class WriteGuard:
 
 
 def _raw_path(request: Request) -> str:
-    # The raw path is still percent-encoded, so a hostile name cannot put
-    # control characters into the log line.
-    raw: bytes = request.scope.get("raw_path") or b""
-    return raw.decode("latin-1")[:200]
+    return sent_path(request.scope)[:200]
+
+
+def sent_path(scope: Scope) -> str:
+    """The request's path as the client sent it, for log lines.
+
+    Still percent-encoded: a hostile name cannot put control characters into
+    the line, and a refused "%2E%2E%2F" does not read as a "../" let through.
+    The query string stays out: forwarding URLs may carry signed tokens.
+    """
+    raw = scope.get("raw_path")
+    if not isinstance(raw, bytes):
+        return str(scope.get("path", ""))
+    return raw.partition(b"?")[0].decode("latin-1")

@@ -89,13 +89,11 @@ def _setting_hint(field: FieldInfo) -> str:
     value = field.get_default(call_default_factory=True)
     # A description says what an unset setting means instead.
     shown = field.description if value is None and field.description else _shown(value)
-    default = "; default " + shown
-    # argparse formats help with %: a default holding one must not break it.
+    hint = f"default {shown}"
     if choices:
-        names = [str(choice) for choice in choices]
-        hint = ", ".join(names[:-1]) + " or " + names[-1] + default
-    else:
-        hint = default[2:]
+        *first, last = (str(choice) for choice in choices)
+        hint = f"{', '.join(first)} or {last}; {hint}"
+    # argparse formats help with %: a default holding one must not break it.
     return hint.replace("%", "%%")
 
 

@@ -673,7 +673,7 @@ def _is_make_run(pid: int) -> bool:
 def _read_run_file(run_file: Path) -> dict[str, Any]:
     """What a `make run` wrote of itself; empty when there is nothing usable."""
     try:
-        state = json.loads(_read_regular_file(run_file, IDENTITY_MAX_BYTES))
+        state = json.loads(_read_regular_file(run_file, STATE_FILE_MAX_BYTES))
     except (OSError, ValueError, RecursionError):
         return {}
     return state if isinstance(state, dict) else {}
@@ -682,8 +682,9 @@ def _read_run_file(run_file: Path) -> dict[str, Any]:
 _SAVED_SECRET = re.compile(r"[A-Za-z0-9]{20,128}")
 
 
-# A saved identity is a port and a 128-character secret: tens of bytes.
-IDENTITY_MAX_BYTES = 4096
+# What make run keeps in .local (its run.json, the S3's port and secret) is
+# tens of bytes; a larger file there is none of its own.
+STATE_FILE_MAX_BYTES = 4096
 
 
 def _read_regular_file(path: Path, limit: int) -> bytes:
@@ -708,7 +709,7 @@ def _last_identity(path: Path, relay_port: int | None = None) -> dict[str, Any]:
     A port that is the relay's own is not one: the relay could not start.
     """
     try:
-        saved = json.loads(_read_regular_file(path, IDENTITY_MAX_BYTES))
+        saved = json.loads(_read_regular_file(path, STATE_FILE_MAX_BYTES))
     except (OSError, ValueError, RecursionError):
         return {}
     if not isinstance(saved, dict):

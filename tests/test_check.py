@@ -401,7 +401,7 @@ def test_make_run_keeps_its_s3_port_and_secret_for_the_next_run(
     fifo = tmp_path / "fifo.json"
     os.mkfifo(fifo)
     assert locals3._last_identity(fifo) == {}
-    padded = '{"port": 40123}' + " " * (locals3.IDENTITY_MAX_BYTES - 15)
+    padded = '{"port": 40123}' + " " * (locals3.STATE_FILE_MAX_BYTES - 15)
     saved.write_text(padded)
     assert locals3._last_identity(saved) == {"port": 40123}
     saved.write_text(padded + " ")
