@@ -3,6 +3,10 @@
 After a grace period the stream's HLS objects are deleted, found by its own
 naming and playlists. The deletes go through the uploader like an encoder's,
 so the ordering guarantees hold and a newer publish of the stream is spared.
+
+A scheduled clean-up is a small JSON record in the spool's ``cleanups``
+folder, written before the notice is answered and removed once its deletes
+are spooled, so a restart in the wait (a redeploy) resumes it at its due time.
 """
 
 from __future__ import annotations
@@ -12,8 +16,12 @@ import json
 import logging
 import posixpath
 import re
+import time
+import uuid
 from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import anyio.to_thread
 from fastapi import APIRouter, Depends, Request
@@ -34,6 +42,7 @@ from app.errors import (
 from app.openapi import NOTICE_RESPONSES
 from app.paths import Upload, extension_of, is_valid_app, is_valid_path
 from app.routes import require_writer
+from app.spool import write_json
 from app.storage import S3Storage
 from app.uploader import Uploader, backoff_delay
 
@@ -54,6 +63,8 @@ NAMED_EXTENSIONS = frozenset(
 ADAPTIVE_SUFFIX = "_adaptive"
 # Waited when the stream's live window cannot be read from its playlist.
 FALLBACK_DELAY_S = 30.0
+# Where the scheduled clean-ups are kept, under the spool folder.
+RECORDS_DIR = "cleanups"
 
 _STREAM_ID = re.compile(r"[A-Za-z0-9._-]{1,200}")
 _EXTINF = re.compile(r"#EXTINF:[ \t]*([0-9]+(?:\.[0-9]+)?)")
@@ -77,10 +88,28 @@ class _Job:
     stream_id: str
     key_folder: str
     prefix: str
+    record: Path
+    noticed_at: float  # wall clock
+    due_at: float | None = None  # wall clock, once the wait is known
     # Keys PUT since the notice: a newer publish, whose files stay.
     protected: set[str] = field(default_factory=set)
     task: asyncio.Task[None] | None = None
     fed: bool = False
+    saved: bool = False
+    # Writes and the removal of the record, one at a time; gone once removed.
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    gone: bool = False
+
+    def as_record(self) -> dict[str, Any]:
+        return {
+            "app": self.stream.app,
+            "folder": self.stream.folder,
+            "name": self.stream.name,
+            "stream_id": self.stream_id,
+            "noticed_at": self.noticed_at,
+            "due_at": self.due_at,
+            "protected": sorted(self.protected),
+        }
 
 
 def parse_notice(application: str, body: bytes) -> tuple[str, Stream]:
@@ -184,53 +213,113 @@ class CleanupScheduler:
         self.settings = settings
         self.uploader = uploader
         self.storage = storage
+        self.records_dir = settings.spool_dir / RECORDS_DIR
         self._jobs: dict[Stream, _Job] = {}
         self._by_folder: dict[str, list[_Job]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # Notices one at a time: a second one for a stream must find the
+        # first one's record written, to remove it.
+        self._scheduling = asyncio.Lock()
         uploader.intake_listeners.append(self._on_intake)
 
-    def schedule(self, stream: Stream, stream_id: str) -> None:
-        previous = self._jobs.get(stream)
-        if previous is not None and not previous.fed and previous.task is not None:
-            previous.task.cancel()
-        self._forget(previous)
+    async def schedule(self, stream: Stream, stream_id: str) -> None:
+        """Start the wait; its record is on disk when this returns, if it can be."""
+        async with self._scheduling:
+            previous = self._jobs.get(stream)
+            if previous is not None and not previous.fed and previous.task is not None:
+                previous.task.cancel()
+            self._forget(previous)
+            job = self._new_job(stream, stream_id, time.time())
+            self._register(job)
+            await self._save(job)
+            if previous is not None and not previous.fed:
+                await self._discard(previous)
+            self._start(job)
 
-        prefix = self.settings.key_for(stream.app, stream.path(stream.name))
-        job = _Job(
-            stream=stream,
-            stream_id=stream_id,
-            key_folder=posixpath.dirname(prefix),
-            prefix=prefix,
-        )
-        self._jobs[stream] = job
-        self._by_folder.setdefault(job.key_folder, []).append(job)
-        job.task = asyncio.get_running_loop().create_task(self._run(job))
-        self._tasks.add(job.task)
-        job.task.add_done_callback(self._tasks.discard)
+    async def resume(self) -> None:
+        """Start again the clean-ups an earlier run left waiting."""
+        jobs = await anyio.to_thread.run_sync(self._load_records)
+        for job in jobs:
+            self._register(job)
+            # A record written before its wait was known has no due time.
+            due = (
+                ""
+                if job.due_at is None
+                else f" in_s={max(0.0, job.due_at - time.time()):.1f}"
+            )
+            log.info(
+                "clean-up resumed stream=%s app=%s prefix=%s%s",
+                job.stream_id,
+                job.stream.app,
+                job.prefix,
+                due,
+            )
+            self._start(job)
 
     def stop(self) -> None:
-        """Cancel the clean-ups still waiting; they live in memory only.
+        """Cancel the clean-ups still waiting; their records resume them.
 
         Deletes already handed to the uploader are spooled and still happen.
         """
         for job in list(self._jobs.values()):
-            log.warning(
-                "clean-up not done, the relay is stopping stream=%s app=%s; "
-                "send publish_finished again once it runs",
-                job.stream_id,
-                job.stream.app,
-            )
+            if job.saved:
+                log.info(
+                    "clean-up resumes at the next start stream=%s app=%s",
+                    job.stream_id,
+                    job.stream.app,
+                )
+            else:
+                log.warning(
+                    "clean-up not done, the relay is stopping and its record "
+                    "could not be written stream=%s app=%s; send "
+                    "publish_finished again once it runs",
+                    job.stream_id,
+                    job.stream.app,
+                )
             self._forget(job)
         for task in self._tasks:
             task.cancel()
+
+    def _new_job(
+        self,
+        stream: Stream,
+        stream_id: str,
+        noticed_at: float,
+        record: Path | None = None,
+    ) -> _Job:
+        prefix = self.settings.key_for(stream.app, stream.path(stream.name))
+        return _Job(
+            stream=stream,
+            stream_id=stream_id,
+            key_folder=posixpath.dirname(prefix),
+            prefix=prefix,
+            record=record or self.records_dir / f"{uuid.uuid4().hex}.json",
+            noticed_at=noticed_at,
+        )
+
+    def _register(self, job: _Job) -> None:
+        self._jobs[job.stream] = job
+        self._by_folder.setdefault(job.key_folder, []).append(job)
+
+    def _start(self, job: _Job) -> None:
+        job.task = asyncio.get_running_loop().create_task(self._run(job))
+        self._tasks.add(job.task)
+        job.task.add_done_callback(self._tasks.discard)
 
     def _on_intake(self, key: str, action: str, seq: int) -> None:
         if action != "put" or not self._by_folder:
             return
         folder, _, base = key.rpartition("/")
         for job in self._by_folder.get(folder, ()):
-            if base.startswith(job.stream.name):
+            if base.startswith(job.stream.name) and key not in job.protected:
                 job.protected.add(key)
+                if job.saved:
+                    self._spawn(self._save(job))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _forget(self, job: _Job | None) -> None:
         if job is None:
@@ -243,20 +332,123 @@ class CleanupScheduler:
         if not jobs:
             self._by_folder.pop(job.key_folder, None)
 
+    # -- the records ------------------------------------------------------
+
+    async def _save(self, job: _Job) -> None:
+        async with job.lock:
+            if job.gone:
+                return
+            record = job.as_record()
+            try:
+                await anyio.to_thread.run_sync(self._write_record, job.record, record)
+            except OSError as exc:
+                log.warning(
+                    "clean-up record not written, it waits in memory only "
+                    "stream=%s app=%s file=%s: %s",
+                    job.stream_id,
+                    job.stream.app,
+                    job.record,
+                    exc,
+                )
+                return
+            job.saved = True
+
+    def _write_record(self, path: Path, record: dict[str, Any]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, record)
+
+    async def _discard(self, job: _Job) -> None:
+        async with job.lock:
+            job.gone = True
+            if job.saved:
+                await anyio.to_thread.run_sync(self._remove_record, job.record)
+
+    def _remove_record(self, path: Path) -> None:
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("clean-up record not removed file=%s: %s", path, exc)
+
+    def _load_records(self) -> list[_Job]:
+        """The saved clean-ups, the newest notice of each stream; the rest go."""
+        try:
+            paths = sorted(self.records_dir.glob("*.json"))
+        except OSError:
+            return []
+        for stale in self.records_dir.glob("*.tmp"):
+            stale.unlink(missing_ok=True)
+        newest: dict[Stream, _Job] = {}
+        for path in paths:
+            job = self._parse_record(path)
+            if job is None:
+                path.unlink(missing_ok=True)
+                continue
+            if not self.settings.delete_on_end:
+                log.warning(
+                    "clean-up not resumed, HLSRELAY_DELETE_ON_END is off "
+                    "stream=%s app=%s; its files stay",
+                    job.stream_id,
+                    job.stream.app,
+                )
+                path.unlink(missing_ok=True)
+                continue
+            older = newest.get(job.stream)
+            if older is not None and older.noticed_at > job.noticed_at:
+                older, job = job, older
+            if older is not None:
+                older.record.unlink(missing_ok=True)
+            newest[job.stream] = job
+        return list(newest.values())
+
+    def _parse_record(self, path: Path) -> _Job | None:
+        try:
+            with open(path, encoding="utf-8") as record_file:
+                record = json.load(record_file)
+            stream = Stream(
+                app=str(record["app"]),
+                folder=str(record["folder"]),
+                name=str(record["name"]),
+            )
+            stream_id = str(record["stream_id"])
+            noticed_at = float(record["noticed_at"])
+            due_at = record["due_at"]
+            due_at = None if due_at is None else float(due_at)
+            protected = {str(key) for key in record["protected"]}
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            log.warning("clean-up record unreadable, dropped file=%s: %s", path, exc)
+            return None
+        if not (
+            is_valid_app(stream.app)
+            and is_valid_path(stream.path(stream.name))
+            and _STREAM_ID.fullmatch(stream_id)
+        ):
+            log.warning("clean-up record names no valid stream, dropped file=%s", path)
+            return None
+        job = self._new_job(stream, stream_id, noticed_at, record=path)
+        job.due_at = due_at
+        job.protected = protected
+        job.saved = True
+        return job
+
+    # -- the clean-up -----------------------------------------------------
+
     async def _run(self, job: _Job) -> None:
         stream = job.stream
         try:
-            delay = self.settings.delete_on_end_delay_s
-            if delay is None:
-                delay = await self._live_window(job)
-            log.info(
-                "clean-up scheduled stream=%s app=%s prefix=%s delay_s=%g",
-                job.stream_id,
-                stream.app,
-                job.prefix,
-                delay,
-            )
-            await asyncio.sleep(delay)
+            if job.due_at is None:
+                delay = self.settings.delete_on_end_delay_s
+                if delay is None:
+                    delay = await self._live_window(job)
+                job.due_at = job.noticed_at + delay
+                await self._save(job)
+                log.info(
+                    "clean-up scheduled stream=%s app=%s prefix=%s delay_s=%g",
+                    job.stream_id,
+                    stream.app,
+                    job.prefix,
+                    delay,
+                )
+            await asyncio.sleep(max(0.0, job.due_at - time.time()))
 
             keys = [
                 key
@@ -275,6 +467,8 @@ class CleanupScheduler:
             futures = await self.uploader.receive_deletes(
                 [self._upload_for(stream, key) for key in delete]
             )
+            # Spooled: the deletes happen now whatever becomes of this run.
+            await self._discard(job)
             log.info(
                 "clean-up started stream=%s app=%s deleting=%d kept_newer=%d",
                 job.stream_id,
@@ -292,7 +486,7 @@ class CleanupScheduler:
                 "single" if self.storage.bulk_delete_refused else "bulk",
             )
         except asyncio.CancelledError:
-            raise
+            raise  # a newer notice (which removes the record) or the stop
         except Exception as exc:
             log.error(
                 "clean-up failed stream=%s app=%s",
@@ -300,6 +494,7 @@ class CleanupScheduler:
                 stream.app,
                 exc_info=exc,
             )
+            await self._discard(job)
         finally:
             self._forget(job)
 
@@ -458,7 +653,7 @@ async def receive_notice(application: str, request: Request) -> JSONResponse:
             }
         )
     scheduler: CleanupScheduler = request.app.state.cleanup
-    scheduler.schedule(stream, stream_id)
+    await scheduler.schedule(stream, stream_id)
     delay = settings.delete_on_end_delay_s
     return JSONResponse(
         {

@@ -81,6 +81,7 @@ def create_app(settings: Settings, storage: S3Storage | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await uploader.start()
+        await cleanup.resume()
         readiness.start()
         log.info(
             "relay started bucket=%s spool=%s ack=%s",

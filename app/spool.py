@@ -87,6 +87,20 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def write_json(final: Path, value: object, *, durable: bool = True) -> None:
+    """Write ``value`` as ``final`` whole or not at all: a new file renamed
+    into place, fsynced with its folder when ``durable``."""
+    tmp = final.with_suffix(".tmp")
+    with open(tmp, "w", encoding="utf-8") as out:
+        json.dump(value, out)
+        out.flush()
+        if durable:
+            os.fsync(out.fileno())
+    os.replace(tmp, final)
+    if durable:
+        _fsync_dir(final.parent)
+
+
 def _is_disk_full(exc: OSError) -> bool:
     return exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
@@ -303,34 +317,21 @@ class Spool:
 
     def _write_meta(self, entry: SpoolEntry, durable: bool) -> None:
         final = self.entries_dir / f"{entry.seq:020d}.json"
-        tmp = final.with_suffix(".tmp")
         try:
             try:
-                self._write_meta_file(entry, tmp, final, durable)
+                write_json(final, asdict(entry), durable=durable)
             except OSError as exc:
                 # A few bytes: written whole again once the recycled files
                 # have given their room back, if there were any.
                 if not self.note_disk_error(exc):
                     raise
-                self._write_meta_file(entry, tmp, final, durable)
+                write_json(final, asdict(entry), durable=durable)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
+            final.with_suffix(".tmp").unlink(missing_ok=True)
             self.body_path(entry).unlink(missing_ok=True)
             self.release(entry.size)
             _raise_disk_error(exc, entry.key)
         self.entry_count += 1
-
-    def _write_meta_file(
-        self, entry: SpoolEntry, tmp: Path, final: Path, durable: bool
-    ) -> None:
-        with open(tmp, "w", encoding="utf-8") as out:
-            json.dump(asdict(entry), out)
-            out.flush()
-            if durable:
-                os.fsync(out.fileno())
-        os.replace(tmp, final)
-        if durable:
-            _fsync_dir(self.entries_dir)
 
     def note_disk_error(self, exc: OSError) -> bool:
         """On a full disk, give the recycled files' room back; True if any."""

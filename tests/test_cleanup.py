@@ -8,6 +8,7 @@ import http.client
 import http.server
 import json
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -801,3 +802,137 @@ async def test_notice_with_trailing_slash_is_a_notice(tmp_path: Path) -> None:
 
     assert response.status_code == 200
     assert response.json()["status"] == "ignored"
+
+
+def _records(relay: Relay) -> list[dict[str, Any]]:
+    folder = relay.spool_dir / "cleanups"
+    return [json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))]
+
+
+def _ended_stream(
+    relay_factory: RelayFactory,
+    local_s3: LocalS3,
+    bucket: str,
+    delay_s: float,
+    spool_dir: Path | None = None,
+) -> Relay:
+    """A relay with clean-up on end, and the stream1 that just ended on it."""
+    relay = relay_factory(
+        spool_dir=spool_dir,
+        extra_env={
+            "HLSRELAY_DELETE_ON_END": "true",
+            "HLSRELAY_DELETE_ON_END_DELAY_S": f"{delay_s:g}",
+        },
+    )
+    for n in (1, 2):
+        _put(relay, f"stream1_000{n}.ts", f"old {n}".encode())
+    _put(relay, "stream1.m3u8", _playlist("stream1_0001.ts", "stream1_0002.ts"))
+    _put(relay, "stream10_0001.ts", b"stream10")
+    _wait_for_keys(
+        local_s3, bucket, {"streams/stream1.m3u8", "streams/stream10_0001.ts"}
+    )
+    return relay
+
+
+@pytest.mark.integration
+def test_cleanup_scheduled_before_a_crash_is_done_after_the_restart(
+    relay_factory: RelayFactory, local_s3: LocalS3, bucket: str
+) -> None:
+    relay = _ended_stream(relay_factory, local_s3, bucket, delay_s=3)
+
+    assert _notify(relay, "stream1", "streams/stream1").status_code == 202
+    # Killed as soon as it answered: the record was written before the 202.
+    relay.kill()
+    [record] = _records(relay)
+    assert (record["app"], record["folder"], record["name"]) == (
+        "LiveApp",
+        "",
+        "stream1",
+    )
+    assert record["stream_id"] == "stream1"
+
+    relay.start()
+    _wait_for_log(relay, "clean-up resumed stream=stream1 app=LiveApp")
+    _wait_for_log(relay, "clean-up done stream=stream1")
+    assert set(_bucket_keys(local_s3, bucket)) == {"streams/stream10_0001.ts"}
+    assert _records(relay) == []
+
+
+@pytest.mark.integration
+def test_cleanup_resumed_after_a_stop_keeps_its_due_time_and_the_newer_publish(
+    relay_factory: RelayFactory, local_s3: LocalS3, bucket: str
+) -> None:
+    relay = _ended_stream(relay_factory, local_s3, bucket, delay_s=6)
+    noticed = time.time()
+    assert _notify(relay, "stream1", "streams/stream1").status_code == 202
+    # The encoder comes back within the wait: its file is remembered as newer.
+    _put(relay, "stream1_0001.ts", b"new 1")
+    _wait_for(
+        "the newer file in the record",
+        lambda: _records(relay)[0]["protected"] == ["streams/stream1_0001.ts"],
+    )
+    [record] = _records(relay)
+    assert noticed + 6 <= record["due_at"] <= noticed + 7
+
+    relay.terminate()
+    assert "clean-up resumes at the next start stream=stream1" in relay.log_text()
+    relay.start()
+    resumed_at = time.time()
+    _wait_for_log(relay, "clean-up done stream=stream1")
+    done_at = time.time()
+
+    assert _bucket_keys(local_s3, bucket) == {
+        "streams/stream1_0001.ts": b"new 1",
+        "streams/stream10_0001.ts": b"stream10",
+    }
+    log = relay.log_text()
+    assert "deleting=2 kept_newer=1" in log
+    # Not started again from zero: it waits out what was left of the first wait.
+    match = re.search(
+        r"clean-up resumed stream=stream1 app=LiveApp .* in_s=([0-9.]+)", log
+    )
+    assert match is not None, log
+    assert abs(resumed_at + float(match.group(1)) - record["due_at"]) < 1.0
+    assert done_at >= record["due_at"]
+
+
+@pytest.mark.integration
+def test_second_notice_replaces_the_first_record(
+    relay_factory: RelayFactory, local_s3: LocalS3, bucket: str
+) -> None:
+    relay = _ended_stream(relay_factory, local_s3, bucket, delay_s=60)
+    assert _notify(relay, "stream1", "streams/stream1").status_code == 202
+    [first] = _records(relay)
+    assert _notify(relay, "stream1", "streams/stream1").status_code == 202
+    [second] = _records(relay)
+    assert second["noticed_at"] > first["noticed_at"]
+
+
+@pytest.mark.integration
+def test_saved_cleanups_are_dropped_when_clean_up_is_turned_off(
+    relay_factory: RelayFactory, local_s3: LocalS3, bucket: str, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    relay = _ended_stream(relay_factory, local_s3, bucket, 60, spool_dir=spool)
+    assert _notify(relay, "stream1", "streams/stream1").status_code == 202
+    relay.kill()
+    (spool / "cleanups" / "torn.json").write_text('{"app": "LiveApp", ')
+    unsafe = {
+        "app": "LiveApp",
+        "folder": "../x",
+        "name": "stream1",
+        "stream_id": "stream1",
+        "noticed_at": 1.0,
+        "due_at": 2.0,
+        "protected": [],
+    }
+    (spool / "cleanups" / "unsafe.json").write_text(json.dumps(unsafe))
+
+    relay.env["HLSRELAY_DELETE_ON_END"] = "false"
+    relay.start()
+    log = relay.log_text()
+    assert "clean-up not resumed, HLSRELAY_DELETE_ON_END is off stream=stream1" in log
+    assert "clean-up record unreadable, dropped file=" in log
+    assert "clean-up record names no valid stream, dropped file=" in log
+    assert list((spool / "cleanups").iterdir()) == []
+    assert "streams/stream1_0001.ts" in _bucket_keys(local_s3, bucket)
