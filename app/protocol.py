@@ -295,7 +295,7 @@ class LimitedHttpProtocol(RelayHttpProtocol):
             self._log_refused(detail, 408)
         else:
             log.info(
-                "closed connection client=%s: no request within %gs",
+                "closed idle connection client=%s status=408: no request within %gs",
                 _client(self.client),
                 self.head_timeout_s,
             )
