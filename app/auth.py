@@ -195,6 +195,9 @@ class WriteGuard:
         if asked in self._pending:
             return True  # asked again before retrying: the first check stands
         if len(self._pending) >= MAX_PENDING_CHALLENGES:
+            # Not watched: logged at once, and counted as if no retry came.
+            if self.metrics is not None:
+                self.metrics.unanswered_challenges.inc()
             return False
         self._pending[asked] = asyncio.get_running_loop().call_later(
             FOLLOW_UP_S, self._no_follow_up, asked

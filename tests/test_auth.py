@@ -223,9 +223,12 @@ async def test_auth_challenges_past_the_pending_limit_are_info_lines_at_once(
         for name in ("a", "a", "b", "c", "d"):
             answer = await client.put(f"/LiveApp/hls-upload/{name}.ts", content=b"x")
             assert answer.status_code == 401
+        metrics = (await client.get("/metrics")).text
 
-    # "a" asked twice is one pending challenge; "b" fills the two; then INFO.
+    # "a" asked twice is one pending challenge; "b" fills the two; then INFO,
+    # counted at once since no retry is watched for.
     assert access_levels(caplog, 401) == ["DEBUG", "DEBUG", "DEBUG", "INFO", "INFO"]
+    assert "hlsrelay_auth_challenges_unanswered_total 2.0" in metrics
 
 
 # -- modes, against real relays --------------------------------------------
