@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import anyio
 import anyio.to_thread
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
@@ -224,17 +225,19 @@ class CleanupScheduler:
 
     async def schedule(self, stream: Stream, stream_id: str) -> None:
         """Start the wait; its record is on disk when this returns, if it can be."""
-        async with self._scheduling:
-            previous = self._jobs.get(stream)
-            if previous is not None and not previous.fed and previous.task is not None:
-                previous.task.cancel()
-            self._forget(previous)
-            job = self._new_job(stream, stream_id, time.time())
-            self._register(job)
-            await self._save(job)
-            if previous is not None and not previous.fed:
-                await self._discard(previous)
-            self._start(job)
+        # A client gone mid-way must not leave a job without its wait.
+        with anyio.CancelScope(shield=True):
+            async with self._scheduling:
+                previous = self._jobs.get(stream)
+                if previous is not None and not previous.fed and previous.task:
+                    previous.task.cancel()
+                self._forget(previous)
+                job = self._new_job(stream, stream_id, time.time())
+                self._register(job)
+                await self._save(job)
+                if previous is not None and not previous.fed:
+                    await self._discard(previous)
+                self._start(job)
 
     async def resume(self) -> None:
         """Start again the clean-ups an earlier run left waiting."""
