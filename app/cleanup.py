@@ -14,8 +14,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
+import os
 import posixpath
 import re
+import stat
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Set
@@ -66,6 +69,17 @@ ADAPTIVE_SUFFIX = "_adaptive"
 FALLBACK_DELAY_S = 30.0
 # Where the scheduled clean-ups are kept, under the spool folder.
 RECORDS_DIR = "cleanups"
+# A record is a few hundred bytes; anything much larger was not written here.
+RECORD_MAX_BYTES = 1024 * 1024
+# A wait longer than this (a week) in a record is not one the relay set.
+RECORD_MAX_WAIT_S = 7 * 86400.0
+# After a restart, what S3 wrote more than this after the notice (its
+# LastModified is to the second) belongs to a newer publish and is kept. So
+# the record needs only the keys PUT right after the notice, and stops being
+# written again once this long has passed.
+MODIFIED_SLACK_S = 1.0
+PROTECT_RECORD_S = 10.0
+PROTECT_RECORD_MAX_KEYS = 10_000
 
 _STREAM_ID = re.compile(r"[A-Za-z0-9._-]{1,200}")
 _EXTINF = re.compile(r"#EXTINF:[ \t]*([0-9]+(?:\.[0-9]+)?)")
@@ -92,6 +106,9 @@ class _Job:
     record: Path
     noticed_at: float  # wall clock
     due_at: float | None = None  # wall clock, once the wait is known
+    # Resumed from its record: keys S3 wrote since the notice are spared too,
+    # whether or not the record had them.
+    resumed: bool = False
     # Keys PUT since the notice: a newer publish, whose files stay.
     protected: set[str] = field(default_factory=set)
     task: asyncio.Task[None] | None = None
@@ -107,6 +124,7 @@ class _Job:
             "folder": self.stream.folder,
             "name": self.stream.name,
             "stream_id": self.stream_id,
+            "prefix": self.prefix,
             "noticed_at": self.noticed_at,
             "due_at": self.due_at,
             "protected": sorted(self.protected),
@@ -207,6 +225,36 @@ def select_stream_keys(
     return delete, kept
 
 
+def _number(value: object) -> float | None:
+    """A finite JSON number (not a bool), or None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def _read_small_file(path: Path, limit: int) -> bytes:
+    """A regular file's bytes, never through a link and never blocking on a FIFO."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(f"{path.name} is not a regular file")
+        if info.st_size > limit:
+            raise OSError(f"{path.name} is larger than {limit} bytes")
+        return os.read(fd, limit + 1)
+    finally:
+        os.close(fd)
+
+
+def _drop_file(path: Path) -> None:
+    try:
+        if path.is_symlink() or not path.is_dir():  # a folder is not ours to drop
+            path.unlink(missing_ok=True)
+    except OSError as exc:
+        log.warning("clean-up record not removed file=%s: %s", path, exc)
+
+
 class CleanupScheduler:
     """Pending clean-ups, one per stream; a second notice starts the wait anew."""
 
@@ -223,8 +271,8 @@ class CleanupScheduler:
         self._scheduling = asyncio.Lock()
         uploader.intake_listeners.append(self._on_intake)
 
-    async def schedule(self, stream: Stream, stream_id: str) -> None:
-        """Start the wait; its record is on disk when this returns, if it can be."""
+    async def schedule(self, stream: Stream, stream_id: str) -> bool:
+        """Start the wait; True once its record is on disk, False if in memory only."""
         # A client gone mid-way must not leave a job without its wait.
         with anyio.CancelScope(shield=True):
             async with self._scheduling:
@@ -238,6 +286,7 @@ class CleanupScheduler:
                 if previous is not None and not previous.fed:
                     await self._discard(previous)
                 self._start(job)
+        return job.saved
 
     async def resume(self) -> None:
         """Start again the clean-ups an earlier run left waiting."""
@@ -316,7 +365,11 @@ class CleanupScheduler:
         for job in self._by_folder.get(folder, ()):
             if base.startswith(job.stream.name) and key not in job.protected:
                 job.protected.add(key)
-                if job.saved:
+                if (
+                    job.saved
+                    and time.time() - job.noticed_at < PROTECT_RECORD_S
+                    and len(job.protected) <= PROTECT_RECORD_MAX_KEYS
+                ):
                     self._spawn(self._save(job))
 
     def _spawn(self, coro: Any) -> None:
@@ -346,8 +399,12 @@ class CleanupScheduler:
                 await anyio.to_thread.run_sync(self._write_record, job.record, record)
             except OSError as exc:
                 log.warning(
-                    "clean-up record not written, it waits in memory only "
-                    "stream=%s app=%s file=%s: %s",
+                    "clean-up record %s stream=%s app=%s file=%s: %s",
+                    # An older record still resumes it, sparing what S3 wrote
+                    # since the notice.
+                    "not updated"
+                    if job.saved
+                    else "not written, it waits in memory only",
                     job.stream_id,
                     job.stream.app,
                     job.record,
@@ -370,66 +427,111 @@ class CleanupScheduler:
         try:
             path.unlink(missing_ok=True)
         except OSError as exc:
-            log.warning("clean-up record not removed file=%s: %s", path, exc)
+            log.error(
+                "clean-up record not removed file=%s; each start resumes it "
+                "(sparing what S3 wrote since its notice) until it is: %s",
+                path,
+                exc,
+            )
 
     def _load_records(self) -> list[_Job]:
         """The saved clean-ups, the newest notice of each stream; the rest go."""
         try:
-            paths = sorted(self.records_dir.glob("*.json"))
-        except OSError:
+            names = sorted(os.listdir(self.records_dir))
+        except FileNotFoundError:
             return []
-        for stale in self.records_dir.glob("*.tmp"):
-            stale.unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning(
+                "clean-up records not read, none resumed folder=%s: %s",
+                self.records_dir,
+                exc,
+            )
+            return []
         newest: dict[Stream, _Job] = {}
-        for path in paths:
+        for name in names:
+            path = self.records_dir / name
+            if name.endswith(".tmp"):
+                _drop_file(path)  # a write cut short
+                continue
+            if not name.endswith(".json"):
+                continue
             job = self._parse_record(path)
             if job is None:
-                path.unlink(missing_ok=True)
-                continue
-            if not self.settings.delete_on_end:
-                log.warning(
-                    "clean-up not resumed, HLSRELAY_DELETE_ON_END is off "
-                    "stream=%s app=%s; its files stay",
-                    job.stream_id,
-                    job.stream.app,
-                )
-                path.unlink(missing_ok=True)
+                _drop_file(path)
                 continue
             older = newest.get(job.stream)
             if older is not None and older.noticed_at > job.noticed_at:
                 older, job = job, older
             if older is not None:
-                older.record.unlink(missing_ok=True)
+                _drop_file(older.record)
             newest[job.stream] = job
         return list(newest.values())
 
     def _parse_record(self, path: Path) -> _Job | None:
+        """The job a record holds; None, said in a warning, for one to drop."""
         try:
-            with open(path, encoding="utf-8") as record_file:
-                record = json.load(record_file)
-            stream = Stream(
-                app=str(record["app"]),
-                folder=str(record["folder"]),
-                name=str(record["name"]),
-            )
-            stream_id = str(record["stream_id"])
-            noticed_at = float(record["noticed_at"])
-            due_at = record["due_at"]
-            due_at = None if due_at is None else float(due_at)
-            protected = {str(key) for key in record["protected"]}
-        except (OSError, ValueError, TypeError, KeyError) as exc:
-            log.warning("clean-up record unreadable, dropped file=%s: %s", path, exc)
+            record = json.loads(_read_small_file(path, RECORD_MAX_BYTES))
+            job = self._job_from(record, path)
+        except (OSError, ValueError, RecursionError) as exc:
+            log.warning("clean-up record dropped file=%s: %s", path, exc)
             return None
+        if not self.settings.delete_on_end:
+            log.warning(
+                "clean-up not resumed, HLSRELAY_DELETE_ON_END is off "
+                "stream=%s app=%s; its files stay",
+                job.stream_id,
+                job.stream.app,
+            )
+            return None
+        if record.get("prefix") != job.prefix:
+            log.warning(
+                "clean-up not resumed, the key template changed since its notice "
+                "stream=%s app=%s; its files stay under %s",
+                job.stream_id,
+                job.stream.app,
+                record.get("prefix"),
+            )
+            return None
+        return job
+
+    def _job_from(self, record: object, path: Path) -> _Job:
+        if not isinstance(record, dict):
+            raise ValueError("not a JSON object")
+        app, folder, name, stream_id = (
+            record.get(field) for field in ("app", "folder", "name", "stream_id")
+        )
         if not (
-            is_valid_app(stream.app)
-            and is_valid_path(stream.path(stream.name))
+            isinstance(app, str)
+            and isinstance(folder, str)
+            and isinstance(name, str)
+            and isinstance(stream_id, str)
+        ):
+            raise ValueError("app, folder, name and stream_id must be strings")
+        stream = Stream(app=app, folder=folder, name=name)
+        if not (
+            is_valid_app(app)
+            and is_valid_path(stream.path(name))
             and _STREAM_ID.fullmatch(stream_id)
         ):
-            log.warning("clean-up record names no valid stream, dropped file=%s", path)
-            return None
+            raise ValueError("it names no valid stream")
+        noticed_at = _number(record.get("noticed_at"))
+        due = record.get("due_at")
+        due_at = None if due is None else _number(due)
+        if noticed_at is None or (due is not None and due_at is None):
+            raise ValueError("noticed_at and due_at must be numbers")
+        if noticed_at > time.time() + 86400.0:
+            raise ValueError("its notice is in the future")
+        if due_at is not None and not 0 <= due_at - noticed_at <= RECORD_MAX_WAIT_S:
+            raise ValueError("its wait is not one the relay sets")
+        protected = record.get("protected")
+        if not isinstance(protected, list) or not all(
+            isinstance(key, str) for key in protected
+        ):
+            raise ValueError("protected must be a list of keys")
         job = self._new_job(stream, stream_id, noticed_at, record=path)
         job.due_at = due_at
-        job.protected = protected
+        job.protected = set(protected)
+        job.resumed = True
         job.saved = True
         return job
 
@@ -453,11 +555,15 @@ class CleanupScheduler:
                 )
             await asyncio.sleep(max(0.0, job.due_at - time.time()))
 
+            listed = await self._list(job.prefix)
             keys = [
-                key
-                for key in await self._list(job.prefix)
-                if posixpath.dirname(key) == job.key_folder
+                key for key, _ in listed if posixpath.dirname(key) == job.key_folder
             ]
+            if job.resumed:
+                # Written more than a second after the notice: a newer publish,
+                # whether or not its keys reached the record before the stop.
+                since = job.noticed_at + MODIFIED_SLACK_S
+                job.protected |= {key for key, at in listed if at > since}
             references = await self._read_playlists(job, set(keys))
             # No await from here until receive_deletes has taken its sequence
             # numbers: a PUT received after this check is ordered after the
@@ -527,11 +633,11 @@ class CleanupScheduler:
                 return window
         return FALLBACK_DELAY_S
 
-    async def _list(self, prefix: str) -> list[str]:
+    async def _list(self, prefix: str) -> list[tuple[str, float]]:
         attempt = 0
         while True:
             try:
-                return await anyio.to_thread.run_sync(self.storage.list_keys, prefix)
+                return await anyio.to_thread.run_sync(self.storage.list_objects, prefix)
             except StorageError as exc:
                 attempt += 1
                 delay = backoff_delay(attempt)
@@ -656,15 +762,22 @@ async def receive_notice(application: str, request: Request) -> JSONResponse:
             }
         )
     scheduler: CleanupScheduler = request.app.state.cleanup
-    await scheduler.schedule(stream, stream_id)
+    saved = await scheduler.schedule(stream, stream_id)
     delay = settings.delete_on_end_delay_s
+    detail = "the stream's HLS files are deleted after " + (
+        f"{delay:g} s" if delay is not None else "its live window"
+    )
+    if not saved:
+        detail += (
+            "; kept in memory only, its record could not be written (see the "
+            "relay's log): a restart in the wait forgets it"
+        )
     return JSONResponse(
         {
             "status": "scheduled",
             "stream": stream_id,
             "delay_s": delay,
-            "detail": "the stream's HLS files are deleted after "
-            + (f"{delay:g} s" if delay is not None else "its live window"),
+            "detail": detail,
         },
         status_code=202,
     )

@@ -561,14 +561,22 @@ class S3Storage:
 
     def list_keys(self, prefix: str) -> list[str]:
         """Every key that starts with ``prefix``."""
-        keys: list[str] = []
+        return [key for key, _ in self.list_objects(prefix)]
+
+    def list_objects(self, prefix: str) -> list[tuple[str, float]]:
+        """Every key that starts with ``prefix``, with when S3 last wrote it
+        (seconds since the epoch by S3's clock, to the second)."""
+        found: list[tuple[str, float]] = []
         try:
             paginator = self.client.get_paginator("list_objects_v2")
             for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
-                keys += [item["Key"] for item in page.get("Contents", [])]
+                found += [
+                    (item["Key"], item["LastModified"].timestamp())
+                    for item in page.get("Contents", [])
+                ]
         except Exception as exc:
             raise map_error(exc, f"LIST {prefix!r}") from exc
-        return keys
+        return found
 
     def abort_multipart_uploads(self, key: str) -> int:
         """Abort unfinished multipart uploads of exactly ``key``; how many.

@@ -151,10 +151,13 @@ async def test_notice_with_clean_up_off_is_ignored(tmp_path: Path) -> None:
     assert "HLSRELAY_DELETE_ON_END" in response.json()["detail"]
 
 
-@pytest.mark.anyio
-async def test_notice_with_clean_up_on_is_scheduled(tmp_path: Path) -> None:
+async def _notify_scheduled(spool_dir: Path) -> httpx.Response:
+    """A notice to a relay with clean-up on and a long wait, stopped after."""
     settings = make_settings(
-        spool_dir=tmp_path, s3_bucket="b", delete_on_end=True, delete_on_end_delay_s=600
+        spool_dir=spool_dir,
+        s3_bucket="b",
+        delete_on_end=True,
+        delete_on_end_delay_s=600,
     )
     app = create_app(settings)
     async with httpx.AsyncClient(
@@ -162,10 +165,32 @@ async def test_notice_with_clean_up_on_is_scheduled(tmp_path: Path) -> None:
     ) as client:
         response = await client.post("/LiveApp/hls-upload", content=_notice())
     app.state.cleanup.stop()
+    return response
+
+
+@pytest.mark.anyio
+async def test_notice_with_clean_up_on_is_scheduled(tmp_path: Path) -> None:
+    response = await _notify_scheduled(tmp_path)
 
     assert response.status_code == 202
     assert response.json()["status"] == "scheduled"
     assert response.json()["delay_s"] == 600
+    assert "memory only" not in response.json()["detail"]
+    [record] = (tmp_path / "cleanups").glob("*.json")
+    assert json.loads(record.read_text())["stream_id"] == "stream1"
+
+
+@pytest.mark.anyio
+async def test_notice_whose_record_cannot_be_written_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "cleanups").write_text("a file where the folder goes")
+    response = await _notify_scheduled(tmp_path)
+
+    assert response.status_code == 202
+    assert "kept in memory only" in response.json()["detail"]
+    assert "clean-up record not written, it waits in memory only" in caplog.text
+    assert "its record could not be written stream=stream1" in caplog.text
 
 
 @pytest.mark.anyio
@@ -916,23 +941,93 @@ def test_saved_cleanups_are_dropped_when_clean_up_is_turned_off(
     relay = _ended_stream(relay_factory, local_s3, bucket, 60, spool_dir=spool)
     assert _notify(relay, "stream1", "streams/stream1").status_code == 202
     relay.kill()
-    (spool / "cleanups" / "torn.json").write_text('{"app": "LiveApp", ')
-    unsafe = {
-        "app": "LiveApp",
-        "folder": "../x",
-        "name": "stream1",
-        "stream_id": "stream1",
-        "noticed_at": 1.0,
-        "due_at": 2.0,
-        "protected": [],
-    }
-    (spool / "cleanups" / "unsafe.json").write_text(json.dumps(unsafe))
 
     relay.env["HLSRELAY_DELETE_ON_END"] = "false"
     relay.start()
     log = relay.log_text()
     assert "clean-up not resumed, HLSRELAY_DELETE_ON_END is off stream=stream1" in log
-    assert "clean-up record unreadable, dropped file=" in log
-    assert "clean-up record names no valid stream, dropped file=" in log
     assert list((spool / "cleanups").iterdir()) == []
     assert "streams/stream1_0001.ts" in _bucket_keys(local_s3, bucket)
+
+
+def _record(**changes: Any) -> str:
+    record = {
+        "app": "LiveApp",
+        "folder": "",
+        "name": "stream1",
+        "stream_id": "stream1",
+        "prefix": "streams/stream1",
+        "noticed_at": time.time() - 5,
+        "due_at": time.time() - 4,
+        "protected": [],
+    }
+    return json.dumps({**record, **changes})
+
+
+@pytest.mark.integration
+def test_records_not_written_by_the_relay_are_dropped_and_it_starts(
+    relay_factory: RelayFactory, local_s3: LocalS3, bucket: str, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    records = spool / "cleanups"
+    records.mkdir(parents=True)
+    bad = {
+        "torn.json": '{"app": "LiveApp", ',
+        "deep.json": "[" * 100_000,
+        "list.json": "[1, 2]",
+        "escape.json": _record(folder="../x"),
+        "null-folder.json": _record(folder=None),
+        "number-app.json": _record(app=7),
+        "bool-time.json": _record(noticed_at=True),
+        "nan-due.json": _record(due_at=float("nan")),
+        "forever.json": _record(due_at=1e18),
+        "keys-as-text.json": _record(protected="streams/stream1_0002.ts"),
+        "huge.json": _record(protected=["streams/x" * 100] * 2000),
+    }
+    for name, text in bad.items():
+        (records / name).write_text(text)
+    (records / "folder.json").mkdir()
+    (records / "folder.tmp").mkdir()
+    os.mkfifo(records / "fifo.json")
+    (records / "link.json").symlink_to(tmp_path / "elsewhere.json")
+    (tmp_path / "elsewhere.json").write_text(_record())
+    # Written under another key template: its files are not under this one.
+    (records / "moved.json").write_text(_record(prefix="old/stream1"))
+
+    relay = _ended_stream(relay_factory, local_s3, bucket, 60, spool_dir=spool)
+
+    log = relay.log_text()
+    assert log.count("clean-up record dropped file=") == len(bad) + 3
+    assert "clean-up not resumed, the key template changed since its notice" in log
+    assert "clean-up resumed" not in log
+    assert sorted(path.name for path in records.iterdir()) == [
+        "folder.json",
+        "folder.tmp",
+    ]
+    assert (tmp_path / "elsewhere.json").exists()
+    assert "streams/stream1_0001.ts" in _bucket_keys(local_s3, bucket)
+
+
+@pytest.mark.integration
+def test_a_resumed_cleanup_spares_what_s3_wrote_after_its_notice(
+    relay_factory: RelayFactory, local_s3: LocalS3, bucket: str
+) -> None:
+    # Keys a record missed (it could not be rewritten, or not removed after
+    # its clean-up) are still a newer publish's when S3 wrote them later.
+    relay = _ended_stream(relay_factory, local_s3, bucket, delay_s=4)
+    assert _notify(relay, "stream1", "streams/stream1").status_code == 202
+    relay.kill()
+    time.sleep(2.5)
+    local_s3.client().put_object(
+        Bucket=bucket, Key="streams/stream1_0001.ts", Body=b"new 1"
+    )
+    [record] = _records(relay)
+    assert record["protected"] == []
+
+    relay.start()
+    _wait_for_log(relay, "clean-up done stream=stream1")
+    assert _bucket_keys(local_s3, bucket) == {
+        "streams/stream1_0001.ts": b"new 1",
+        "streams/stream10_0001.ts": b"stream10",
+    }
+    assert "deleting=2 kept_newer=1" in relay.log_text()
