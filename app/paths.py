@@ -67,12 +67,24 @@ def is_valid_app(app: str) -> bool:
 
 
 def is_valid_path(path: str) -> bool:
-    if not path or len(path) > MAX_PATH_CHARS:
-        return False
-    return all(
-        part not in (".", "..") and _PART_RE.fullmatch(part) is not None
-        for part in path.split("/")
-    )
+    return path_problem(path) is None
+
+
+def path_problem(path: str) -> str | None:
+    """What breaks the path rule, said for the refusal; None for a good path."""
+    if not path:
+        return "is empty"
+    if len(path) > MAX_PATH_CHARS:
+        return f"is longer than {MAX_PATH_CHARS} characters"
+    for part in path.split("/"):
+        if not part:
+            return "has an empty part ('//', or '/' at an end)"
+        if part in (".", ".."):
+            return f"has a {part!r} part"
+        if _PART_RE.fullmatch(part) is None:
+            bad = next(char for char in part if _PART_RE.fullmatch(char) is None)
+            return f"has {bad!r} in {part[:60]!r}"
+    return None
 
 
 def extension_of(path: str) -> str:
@@ -100,11 +112,11 @@ def parse_upload(app: str, path: str, raw_path: bytes, extensions: list[str]) ->
             f"application {app[:80]!r} must be 1 to 64 letters, digits, '_' or '-'"
         )
     check_request_path(path, raw_path)
-    if not is_valid_path(path):
+    problem = path_problem(path)
+    if problem is not None:
         raise InvalidPath(
-            f"path {path[:120]!r} must be '/'-separated parts of letters, digits, "
-            "'.', '_' or '-', with no empty, '.' or '..' part, at most "
-            f"{MAX_PATH_CHARS} characters"
+            f"path {path[:120]!r} {problem}; a path is '/'-separated parts of "
+            "letters, digits, '.', '_' or '-'"
         )
     extension = extension_of(path)
     if extension not in extensions:

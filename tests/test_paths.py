@@ -223,3 +223,22 @@ def test_paths_control_character_in_any_route_is_refused_before_routing() -> Non
     with pytest.raises(InvalidPath, match="percent-encoded separator"):
         check_request_path("/Live/App/hls-upload/a.ts", b"/Live%2FApp/hls-upload/a.ts")
     check_request_path("/LiveApp/streams/a.m3u8", b"/LiveApp/streams/a.m3u8")
+
+
+@pytest.mark.parametrize(
+    ("path", "problem"),
+    [
+        ("live stream.ts", "has ' ' in 'live stream.ts'"),
+        ("a//b.ts", "has an empty part"),
+        ("a/", "has an empty part"),
+        ("../x.ts", "has a '..' part"),
+        ("x/./y.ts", "has a '.' part"),
+        ("a" * (MAX_PATH_CHARS + 1), f"is longer than {MAX_PATH_CHARS} characters"),
+        ("caf\u00e9/a.ts", "has '\u00e9' in 'caf\u00e9'"),
+    ],
+)
+def test_paths_refusal_names_what_breaks_the_rule(path: str, problem: str) -> None:
+    raw = f"{UPLOAD_PREFIX}{path}".encode()
+    with pytest.raises(InvalidPath) as refused:
+        parse_upload("LiveApp", path, raw, EXTENSIONS)
+    assert refused.value.detail.startswith(f"path {path[:120]!r} {problem}")
