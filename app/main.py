@@ -98,7 +98,14 @@ def create_app(settings: Settings, storage: S3Storage | None = None) -> FastAPI:
             await uploader.stop(shutdown.remaining())
             log.info("relay stopped spool_entries=%d", spool.entry_count)
 
-    app = RelayApp(title="hlsrelay", version=__version__, lifespan=lifespan)
+    # /docs is install_openapi's; ReDoc would need a CDN of its own.
+    app = RelayApp(
+        title="hlsrelay",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
     app.state.relay = relay
     app.state.shutdown = shutdown
     app.state.readiness = readiness

@@ -10,6 +10,8 @@ import warnings
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
 
 
@@ -158,6 +160,28 @@ def install_openapi(app: FastAPI) -> None:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return swagger_page(app.title)
+
+
+# Swagger UI comes from a CDN; where the browser cannot reach it, this text
+# stays in the element Swagger UI would otherwise render into.
+DOCS_FALLBACK = (
+    "<p>Loading Swagger UI from cdn.jsdelivr.net. If this stays, the browser "
+    'cannot reach it: the same description is at <a href="/openapi.json">'
+    "/openapi.json</a>.</p>"
+)
+
+
+def swagger_page(title: str) -> HTMLResponse:
+    page = get_swagger_ui_html(openapi_url="/openapi.json", title=f"{title} - docs")
+    html = bytes(page.body).decode("utf-8")
+    mount = '<div id="swagger-ui">'
+    if mount in html:
+        html = html.replace(mount, mount + DOCS_FALLBACK, 1)
+    return HTMLResponse(html)
 
 
 def _make_operation_ids_unique(schema: dict[str, Any]) -> None:

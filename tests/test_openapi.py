@@ -119,3 +119,24 @@ async def test_refusals_match_the_document(
             documented = error_statuses(document["paths"][route][method])
             assert answer.status_code in documented, (method, url, answer.status_code)
             ErrorBody.model_validate(answer.json())
+
+
+@pytest.mark.anyio
+async def test_docs_page_says_where_the_description_is_when_its_cdn_is_out_of_reach(
+    app: FastAPI,
+) -> None:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        page = await client.get("/docs")
+        described = await client.get("/openapi.json")
+
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    # Inside the element Swagger UI renders into: shown only when it cannot.
+    assert (
+        '<div id="swagger-ui"><p>Loading Swagger UI from cdn.jsdelivr.net' in page.text
+    )
+    assert '<a href="/openapi.json">' in page.text
+    assert "swagger-ui-bundle.js" in page.text
+    assert described.status_code == 200
+    assert "/docs" not in described.json()["paths"]
