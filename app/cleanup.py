@@ -79,7 +79,8 @@ RECORD_MAX_WAIT_S = 7 * 86400.0
 # written again once this long has passed.
 MODIFIED_SLACK_S = 1.0
 PROTECT_RECORD_S = 10.0
-PROTECT_RECORD_MAX_KEYS = 10_000
+# Keys of up to 512 characters: the record stays well under its read limit.
+PROTECT_RECORD_MAX_KEYS = 1_000
 
 _STREAM_ID = re.compile(r"[A-Za-z0-9._-]{1,200}")
 _EXTINF = re.compile(r"#EXTINF:[ \t]*([0-9]+(?:\.[0-9]+)?)")
@@ -114,6 +115,8 @@ class _Job:
     task: asyncio.Task[None] | None = None
     fed: bool = False
     saved: bool = False
+    save_queued: bool = False
+    warned: bool = False
     # Writes and the removal of the record, one at a time; gone once removed.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     gone: bool = False
@@ -247,6 +250,12 @@ def _read_small_file(path: Path, limit: int) -> bytes:
         os.close(fd)
 
 
+def _is_named_for(base: str, name: str) -> bool:
+    """Whether a file name is one of the stream's own ("stream1_..." or
+    "stream1.m3u8"), not another stream's ("stream10_...")."""
+    return base.startswith((f"{name}_", f"{name}."))
+
+
 def _drop_file(path: Path) -> None:
     try:
         if path.is_symlink() or not path.is_dir():  # a folder is not ours to drop
@@ -293,6 +302,15 @@ class CleanupScheduler:
         jobs = await anyio.to_thread.run_sync(self._load_records)
         for job in jobs:
             self._register(job)
+            # Spooled since the notice but not yet in S3: a newer publish's,
+            # whatever S3 still holds under those keys.
+            job.protected |= {
+                key
+                for key, spooled_at in self.uploader.replayed_puts
+                if spooled_at > job.noticed_at
+                and posixpath.dirname(key) == job.key_folder
+                and posixpath.basename(key).startswith(job.stream.name)
+            }
             # A record written before its wait was known has no due time.
             due = (
                 ""
@@ -307,6 +325,7 @@ class CleanupScheduler:
                 due,
             )
             self._start(job)
+        self.uploader.replayed_puts.clear()  # read once, here
 
     def stop(self) -> None:
         """Cancel the clean-ups still waiting; their records resume them.
@@ -367,9 +386,13 @@ class CleanupScheduler:
                 job.protected.add(key)
                 if (
                     job.saved
+                    and not job.save_queued
+                    and _is_named_for(base, job.stream.name)
                     and time.time() - job.noticed_at < PROTECT_RECORD_S
                     and len(job.protected) <= PROTECT_RECORD_MAX_KEYS
                 ):
+                    # One write waits at a time; it takes every key so far.
+                    job.save_queued = True
                     self._spawn(self._save(job))
 
     def _spawn(self, coro: Any) -> None:
@@ -392,12 +415,16 @@ class CleanupScheduler:
 
     async def _save(self, job: _Job) -> None:
         async with job.lock:
+            job.save_queued = False
             if job.gone:
                 return
             record = job.as_record()
             try:
                 await anyio.to_thread.run_sync(self._write_record, job.record, record)
             except OSError as exc:
+                if job.warned:
+                    return
+                job.warned = True
                 log.warning(
                     "clean-up record %s stream=%s app=%s file=%s: %s",
                     # An older record still resumes it, sparing what S3 wrote
@@ -483,7 +510,8 @@ class CleanupScheduler:
                 job.stream.app,
             )
             return None
-        if record.get("prefix") != job.prefix:
+        # A record without one came from before prefixes were kept.
+        if record.get("prefix", job.prefix) != job.prefix:
             log.warning(
                 "clean-up not resumed, the key template changed since its notice "
                 "stream=%s app=%s; its files stay under %s",

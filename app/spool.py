@@ -276,6 +276,13 @@ class Spool:
     def body_path(self, entry: SpoolEntry) -> Path:
         return self.entries_dir / f"{entry.seq:020d}.body"
 
+    def spooled_at(self, entry: SpoolEntry) -> float:
+        """When the entry was committed (wall clock); 0 if that is unknown."""
+        try:
+            return (self.entries_dir / f"{entry.seq:020d}.json").stat().st_mtime
+        except OSError:
+            return 0.0
+
     def reserve(self, nbytes: int) -> None:
         """Count bytes about to be kept; past the bound, refuse with SpoolFull."""
         with self._lock:

@@ -110,6 +110,9 @@ class Uploader:
         # Told (key, action, seq) of each operation as it is received, before
         # anything is awaited; the clean-up spots a new publish this way.
         self.intake_listeners: list[Callable[[str, str, int], None]] = []
+        # The PUTs replayed at start, with when each was spooled: received by
+        # an earlier run, so no intake listener heard of them.
+        self.replayed_puts: list[tuple[str, float]] = []
         # Deletes of a clean-up, applied together by _run_delete_batch.
         self._bulk: set[int] = set()
         # PUTs whose last attempt may have left a multipart upload behind.
@@ -175,6 +178,13 @@ class Uploader:
     async def start(self) -> None:
         """Open the spool and replay what an earlier run left, in order."""
         entries = await anyio.to_thread.run_sync(self.spool.open)
+        self.replayed_puts = await anyio.to_thread.run_sync(
+            lambda: [
+                (entry.key, self.spool.spooled_at(entry))
+                for entry in entries
+                if entry.action == "put"
+            ]
+        )
         if entries:
             self._next_seq = entries[-1].seq + 1
             log.info(

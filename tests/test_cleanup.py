@@ -19,11 +19,13 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 from conftest import Relay, RelayFactory
+from faultproxy import FaultProxy
 from s3script import Reply, ScriptedS3, Sent, error, ok
 from wireproxy import RecordingProxy
 
 from app.cleanup import (
     FALLBACK_DELAY_S,
+    PROTECT_RECORD_S,
     Stream,
     live_window_s,
     parse_notice,
@@ -1030,4 +1032,40 @@ def test_a_resumed_cleanup_spares_what_s3_wrote_after_its_notice(
         "streams/stream1_0001.ts": b"new 1",
         "streams/stream10_0001.ts": b"stream10",
     }
+    assert "deleting=2 kept_newer=1" in relay.log_text()
+
+
+@pytest.mark.integration
+def test_a_resumed_cleanup_spares_a_newer_put_still_in_the_spool(
+    relay_factory: RelayFactory, local_s3: LocalS3, bucket: str
+) -> None:
+    # A PUT acknowledged from the spool but not yet in S3 when the relay
+    # restarts: S3 still shows the ended stream's file under its key, so only
+    # the spool says it is newer than the notice.
+    with FaultProxy(local_s3.endpoint) as proxy:
+        relay = relay_factory(
+            extra_env={
+                "HLSRELAY_DELETE_ON_END": "true",
+                "HLSRELAY_DELETE_ON_END_DELAY_S": "16",
+                "HLSRELAY_S3_ENDPOINT": proxy.url,
+            }
+        )
+        for n in (1, 2):
+            _put(relay, f"stream1_000{n}.ts", f"old {n}".encode())
+        _put(relay, "stream1.m3u8", _playlist("stream1_0001.ts", "stream1_0002.ts"))
+        _wait_for_keys(local_s3, bucket, {"streams/stream1.m3u8"})
+        assert _notify(relay, "stream1", "streams/stream1").status_code == 202
+        # Past the seconds in which the record takes the newer keys itself.
+        time.sleep(PROTECT_RECORD_S + 0.5)
+        proxy.fail_prefix("streams/stream1_0001")
+        _put(relay, "stream1_0001.ts", b"new 1")
+        relay.kill()
+        assert _records(relay)[0]["protected"] == []
+
+        relay.start()
+        _wait_for_log(relay, "clean-up started stream=stream1")
+        proxy.clear_prefix("streams/stream1_0001")
+        _wait_for_log(relay, "clean-up done stream=stream1")
+        _wait_for_log(relay, "spool replay done")
+    assert _bucket_keys(local_s3, bucket) == {"streams/stream1_0001.ts": b"new 1"}
     assert "deleting=2 kept_newer=1" in relay.log_text()
