@@ -138,7 +138,8 @@ PUT_BODY: dict[str, Any] = {
 
 
 def install_openapi(app: FastAPI) -> None:
-    """Post-process FastAPI's document so that it tells the truth.
+    """Post-process FastAPI's document so that it tells the truth, and serve
+    the page (``/docs``) that shows it.
 
     FastAPI adds a 422 answer to every route with parameters, but the relay
     answers 400 instead; and a route serving several methods (GET and HEAD)
