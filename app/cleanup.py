@@ -18,7 +18,6 @@ import math
 import os
 import posixpath
 import re
-import stat
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Set
@@ -46,7 +45,7 @@ from app.errors import (
 from app.openapi import NOTICE_RESPONSES
 from app.paths import Upload, extension_of, is_valid_app, is_valid_path
 from app.routes import require_writer
-from app.spool import write_json
+from app.spool import read_small_file, write_json
 from app.storage import S3Storage
 from app.uploader import Uploader, backoff_delay
 
@@ -234,20 +233,6 @@ def _number(value: object) -> float | None:
         return None
     number = float(value)
     return number if math.isfinite(number) else None
-
-
-def _read_small_file(path: Path, limit: int) -> bytes:
-    """A regular file's bytes, never through a link and never blocking on a FIFO."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise OSError(f"{path.name} is not a regular file")
-        if info.st_size > limit:
-            raise OSError(f"{path.name} is larger than {limit} bytes")
-        return os.read(fd, limit + 1)
-    finally:
-        os.close(fd)
 
 
 def _is_named_for(base: str, name: str) -> bool:
@@ -497,7 +482,7 @@ class CleanupScheduler:
     def _parse_record(self, path: Path) -> _Job | None:
         """The job a record holds; None, said in a warning, for one to drop."""
         try:
-            record = json.loads(_read_small_file(path, RECORD_MAX_BYTES))
+            record = json.loads(read_small_file(path, RECORD_MAX_BYTES))
             job = self._job_from(record, path)
         except (OSError, ValueError, RecursionError) as exc:
             log.warning("clean-up record dropped file=%s: %s", path, exc)

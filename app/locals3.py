@@ -19,7 +19,6 @@ import shlex
 import shutil
 import signal
 import socket
-import stat
 import subprocess
 import sys
 import sysconfig
@@ -37,6 +36,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from app.cli import listen_socket
 from app.player import DEFAULT_PORT as PLAYER_PORT
 from app.player import PlayerError, PlayerServer, install_hlsjs
+from app.spool import read_small_file
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -673,7 +673,7 @@ def _is_make_run(pid: int) -> bool:
 def _read_run_file(run_file: Path) -> dict[str, Any]:
     """What a `make run` wrote of itself; empty when there is nothing usable."""
     try:
-        state = json.loads(_read_regular_file(run_file, STATE_FILE_MAX_BYTES))
+        state = json.loads(read_small_file(run_file, STATE_FILE_MAX_BYTES))
     except (OSError, ValueError, RecursionError):
         return {}
     return state if isinstance(state, dict) else {}
@@ -687,29 +687,13 @@ _SAVED_SECRET = re.compile(r"[A-Za-z0-9]{20,128}")
 STATE_FILE_MAX_BYTES = 4096
 
 
-def _read_regular_file(path: Path, limit: int) -> bytes:
-    """The bytes of a plain file of at most ``limit`` bytes; else OSError.
-
-    Opened without blocking and without following a symlink: a FIFO in its
-    place would hold `make run` forever in a plain read, waiting for a writer.
-    """
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
-            raise OSError(errno.EINVAL, "not a small regular file", str(path))
-        return os.read(fd, limit + 1)
-    finally:
-        os.close(fd)
-
-
 def _last_identity(path: Path, relay_port: int | None = None) -> dict[str, Any]:
     """The S3 port and secret a `make run` saved, or nothing usable.
 
     A port that is the relay's own is not one: the relay could not start.
     """
     try:
-        saved = json.loads(_read_regular_file(path, STATE_FILE_MAX_BYTES))
+        saved = json.loads(read_small_file(path, STATE_FILE_MAX_BYTES))
     except (OSError, ValueError, RecursionError):
         return {}
     if not isinstance(saved, dict):

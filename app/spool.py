@@ -22,6 +22,7 @@ import errno
 import json
 import logging
 import os
+import stat
 import threading
 import uuid
 import zlib
@@ -99,6 +100,24 @@ def write_json(final: Path, value: object, *, durable: bool = True) -> None:
     os.replace(tmp, final)
     if durable:
         _fsync_dir(final.parent)
+
+
+def read_small_file(path: Path, limit: int) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes; else OSError.
+
+    Opened without blocking and without following a symlink: a FIFO in its
+    place would hold a plain read forever, waiting for a writer.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        if info.st_size > limit:
+            raise OSError(errno.EFBIG, f"larger than {limit} bytes", str(path))
+        return os.read(fd, limit + 1)
+    finally:
+        os.close(fd)
 
 
 def _is_disk_full(exc: OSError) -> bool:

@@ -861,16 +861,21 @@ def _ended_stream(
     return relay
 
 
+def _crash_after_notice(relay: Relay) -> dict[str, Any]:
+    """The notice answered, then SIGKILL: the record it left behind."""
+    assert _notify(relay, "stream1", "streams/stream1").status_code == 202
+    relay.kill()
+    [record] = _records(relay)
+    return record
+
+
 @pytest.mark.integration
 def test_cleanup_scheduled_before_a_crash_is_done_after_the_restart(
     relay_factory: RelayFactory, local_s3: LocalS3, bucket: str
 ) -> None:
     relay = _ended_stream(relay_factory, local_s3, bucket, delay_s=3)
-
-    assert _notify(relay, "stream1", "streams/stream1").status_code == 202
     # Killed as soon as it answered: the record was written before the 202.
-    relay.kill()
-    [record] = _records(relay)
+    record = _crash_after_notice(relay)
     assert (record["app"], record["folder"], record["name"]) == (
         "LiveApp",
         "",
@@ -941,8 +946,7 @@ def test_saved_cleanups_are_dropped_when_clean_up_is_turned_off(
 ) -> None:
     spool = tmp_path / "spool"
     relay = _ended_stream(relay_factory, local_s3, bucket, 60, spool_dir=spool)
-    assert _notify(relay, "stream1", "streams/stream1").status_code == 202
-    relay.kill()
+    _crash_after_notice(relay)
 
     relay.env["HLSRELAY_DELETE_ON_END"] = "false"
     relay.start()
@@ -1017,14 +1021,11 @@ def test_a_resumed_cleanup_spares_what_s3_wrote_after_its_notice(
     # Keys a record missed (it could not be rewritten, or not removed after
     # its clean-up) are still a newer publish's when S3 wrote them later.
     relay = _ended_stream(relay_factory, local_s3, bucket, delay_s=4)
-    assert _notify(relay, "stream1", "streams/stream1").status_code == 202
-    relay.kill()
+    assert _crash_after_notice(relay)["protected"] == []
     time.sleep(2.5)
     local_s3.client().put_object(
         Bucket=bucket, Key="streams/stream1_0001.ts", Body=b"new 1"
     )
-    [record] = _records(relay)
-    assert record["protected"] == []
 
     relay.start()
     _wait_for_log(relay, "clean-up done stream=stream1")
