@@ -23,6 +23,17 @@ from app.locals3 import free_port as _free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RELAY_START_TIMEOUT_S = 30.0
+HTTP_TIMEOUT_S = 30.0
+
+# The machines CI runs on are shared: an answer the relay gives in
+# milliseconds can wait seconds for a core, and httpx's 5 s default turned
+# that into failures that said nothing about the relay. Calls that test a
+# timeout pass their own.
+for _call in (
+    httpx.request, httpx.get, httpx.head, httpx.options, httpx.put, httpx.post,
+    httpx.patch, httpx.delete, httpx.Client.__init__, httpx.AsyncClient.__init__,
+):  # fmt: skip
+    _call.__kwdefaults__["timeout"] = httpx.Timeout(HTTP_TIMEOUT_S)
 
 
 def free_port() -> int:
