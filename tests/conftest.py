@@ -16,6 +16,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 
 from app.config import Settings
 from app.locals3 import REGION, LocalS3
@@ -34,6 +36,12 @@ for _call in (
     httpx.patch, httpx.delete, httpx.Client.__init__, httpx.AsyncClient.__init__,
 ):  # fmt: skip
     _call.__kwdefaults__["timeout"] = httpx.Timeout(HTTP_TIMEOUT_S)
+
+# For the same reason, Hypothesis's checks of wall time per example are off.
+hypothesis_settings.register_profile(
+    "shared-machine", deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+hypothesis_settings.load_profile("shared-machine")
 
 
 def free_port() -> int:
@@ -162,6 +170,14 @@ class Relay:
             return self.log_path.read_text(errors="replace")
         except FileNotFoundError:
             return ""
+
+    def wait_ready(self, timeout_s: float = RELAY_START_TIMEOUT_S) -> httpx.Response:
+        """Poll /readyz until 200: the first HEAD bucket runs after start-up."""
+        deadline = time.monotonic() + timeout_s
+        while (answer := httpx.get(f"{self.url}/readyz")).status_code != 200:
+            assert time.monotonic() < deadline, f"/readyz never ready: {answer.text}"
+            time.sleep(0.1)
+        return answer
 
     def _wait_healthy(self) -> None:
         assert self._proc is not None

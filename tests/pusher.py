@@ -127,11 +127,14 @@ class Pusher:
     def open_put(self, path: str, body: bytes) -> OpenPut:
         """Start a chunked PUT; raises OSError when the relay is not there."""
         sent = self._record(Sent("PUT", path, body))
+        sock = None
         try:
             sock = self._connect()
             sock.sendall(self._head("PUT", path, "Transfer-Encoding: chunked\r\n"))
         except OSError as exc:
             sent.error = f"{type(exc).__name__}: {exc}"
+            if sock is not None:
+                sock.close()
             raise
         return OpenPut(self, sent, sock)
 

@@ -894,9 +894,11 @@ def test_cleanup_scheduled_before_a_crash_is_done_after_the_restart(
 def test_cleanup_resumed_after_a_stop_keeps_its_due_time_and_the_newer_publish(
     relay_factory: RelayFactory, local_s3: LocalS3, bucket: str
 ) -> None:
-    relay = _ended_stream(relay_factory, local_s3, bucket, delay_s=6)
-    noticed = time.time()
+    # Long enough that a restart on a loaded machine ends within the wait.
+    relay = _ended_stream(relay_factory, local_s3, bucket, delay_s=15)
+    sent = time.time()
     assert _notify(relay, "stream1", "streams/stream1").status_code == 202
+    answered = time.time()
     # The encoder comes back within the wait: its file is remembered as newer.
     _put(relay, "stream1_0001.ts", b"new 1")
     _wait_for(
@@ -904,12 +906,13 @@ def test_cleanup_resumed_after_a_stop_keeps_its_due_time_and_the_newer_publish(
         lambda: _records(relay)[0]["protected"] == ["streams/stream1_0001.ts"],
     )
     [record] = _records(relay)
-    assert noticed + 6 <= record["due_at"] <= noticed + 7
+    assert sent + 15 <= record["due_at"] <= answered + 15
 
     relay.terminate()
     assert "clean-up resumes at the next start stream=stream1" in relay.log_text()
+    starting = time.time()
     relay.start()
-    resumed_at = time.time()
+    started = time.time()
     _wait_for_log(relay, "clean-up done stream=stream1")
     done_at = time.time()
 
@@ -924,7 +927,9 @@ def test_cleanup_resumed_after_a_stop_keeps_its_due_time_and_the_newer_publish(
         r"clean-up resumed stream=stream1 app=LiveApp .* in_s=([0-9.]+)", log
     )
     assert match is not None, log
-    assert abs(resumed_at + float(match.group(1)) - record["due_at"]) < 1.0
+    # Logged to a tenth of a second, during the start-up.
+    resumed_at = record["due_at"] - float(match.group(1))
+    assert starting - 0.1 <= resumed_at <= started + 0.1
     assert done_at >= record["due_at"]
 
 

@@ -198,7 +198,7 @@ def test_faults_upload_ack_answers_503_while_s3_refuses_then_201(
         extra_env={
             "HLSRELAY_S3_ENDPOINT": proxy.url,
             "HLSRELAY_ACK": "upload",
-            "HLSRELAY_ACK_TIMEOUT_S": "2",
+            "HLSRELAY_ACK_TIMEOUT_S": "5",
         }
     )
     pusher = Pusher(relay.port)
@@ -367,7 +367,9 @@ def test_faults_sigterm_finishes_bodies_exits_within_grace_then_replays(
     assert not stuck.sent.acked
     # uvicorn re-raises the signal once the app is down, as a shell expects.
     assert code in (0, -signal.SIGTERM), code
-    assert took < grace + 3.5, f"exit took {took:.1f}s with a grace of {grace:g}s"
+    # Well short of S3's 30 s read timeout, which a stop must not wait out;
+    # the margin is for a loaded machine.
+    assert took < grace + 8, f"exit took {took:.1f}s with a grace of {grace:g}s"
     log = relay.log_text()
     assert "relay stopped" in log
     assert "Traceback" not in log

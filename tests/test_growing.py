@@ -56,14 +56,14 @@ def test_reads_only_what_is_written(writer: Writer) -> None:
     assert got == []  # nothing written yet, not even the file's descriptor
     writer.write(b"abcd")
     body.grow(4)
-    thread.join(2)
+    thread.join(30)
     assert got == [b"abcd"]
     thread, got = _reader_in_thread(body, 100)
     time.sleep(0.05)
     assert got == []  # blocked at the end of what is written
     writer.write(b"efg")
     body.grow(7)
-    thread.join(2)
+    thread.join(30)
     assert got == [b"efg"]
     body.close()
 
@@ -77,7 +77,7 @@ def test_last_byte_waits_for_complete(writer: Writer) -> None:
     time.sleep(0.05)
     assert got == []
     body.complete()
-    thread.join(2)
+    thread.join(30)
     assert got == [b"9"]
     assert body.read(100) == b""  # the end
     body.close()
@@ -91,7 +91,7 @@ def test_abandon_wakes_a_blocked_reader_with_an_error(writer: Writer) -> None:
     thread, got = _reader_in_thread(body, 5)
     time.sleep(0.05)
     body.abandon()
-    thread.join(2)
+    thread.join(30)
     assert len(got) == 1 and isinstance(got[0], BodyAbandoned)
     # And every read after, from the start too (a retry inside botocore).
     body.seek(0)

@@ -60,7 +60,7 @@ def test_healthz_and_readyz_with_a_reachable_bucket(
     relay = relay_factory()
 
     health = httpx.get(f"{relay.url}/healthz", timeout=10)
-    ready = httpx.get(f"{relay.url}/readyz", timeout=30)
+    ready = relay.wait_ready()
 
     assert (health.status_code, health.json()) == (200, {"status": "ok"})
     assert ready.status_code == 200

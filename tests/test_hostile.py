@@ -422,7 +422,7 @@ def log_lines_with(relay: Relay, needle: str) -> list[str]:
     An access line is written after its answer has gone; a moment more
     leaves room for a second line, if there were one.
     """
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30
     while needle not in relay.log_text() and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(0.2)

@@ -41,7 +41,7 @@ def test_refusal_logged_once_and_shown_on_readyz(relay_factory: RelayFactory) ->
             "HLSRELAY_LOG_LEVEL": "debug",
         }
     )
-    assert readyz(relay).status_code == 200
+    relay.wait_ready()
 
     for n in range(SEGMENTS):
         url = relay.base_url_for("LiveApp", f"bad/seg_{n}.ts")
@@ -49,7 +49,9 @@ def test_refusal_logged_once_and_shown_on_readyz(relay_factory: RelayFactory) ->
 
     def every_segment_refused() -> bool:
         log = relay.log_text()
-        return all(f"key=streams/bad/seg_{n}.ts" in log for n in range(SEGMENTS))
+        return all(
+            f"S3 refused key=streams/bad/seg_{n}.ts" in log for n in range(SEGMENTS)
+        )
 
     wait_for("a refusal for every segment", relay, every_segment_refused)
     errors = [

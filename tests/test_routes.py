@@ -169,17 +169,21 @@ def test_put_then_hang_up_stores_all_fifty_bodies(
             future.result()
 
         expected = {f"streams/{path}" for path in bodies}
-        wait_for(lambda: expected <= keys_in(local_s3, bucket))
+        wait_for(lambda: expected <= keys_in(local_s3, bucket), timeout_s=180)
     for path, body in bodies.items():
         stored = object_bytes(local_s3, bucket, f"streams/{path}")
         assert (
             stored is not None
             and hashlib.sha256(stored).digest() == hashlib.sha256(body).digest()
         )
+    # A slow HEAD bucket under this load may mark the relay not ready for a
+    # moment; the uploads themselves must go without a warning.
     failures = [
         r
         for r in caplog.records
-        if r.levelno >= logging.WARNING and r.name.startswith("app")
+        if r.levelno >= logging.WARNING
+        and r.name.startswith("app")
+        and r.name != "app.readiness"
     ]
     assert failures == []
 

@@ -22,7 +22,7 @@ import pytest
 from conftest import REGION, Relay, RelayFactory
 from faultproxy import FaultProxy
 from rawhttp import parse_response, wait_settled
-from test_metrics import scrape, value
+from test_metrics import scrape, value, wait_for
 
 from app.config import Settings
 from app.errors import DiskFull
@@ -59,8 +59,12 @@ class CountingPipe:
         while True:
             try:
                 client, _ = self._listener.accept()
+            except OSError:
+                return
+            try:
                 upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
             except OSError:
+                client.close()
                 return
             with self._lock:
                 # A connection accepted while close() ran is not pumped.
@@ -237,6 +241,13 @@ def test_a_client_that_leaves_mid_body_leaves_the_old_object(
     new = os.urandom(BODY)
     sock = _send_until_streaming(relay, pipe, new, sent=BODY - 1)  # all but one
     sock.close()
+    wait_for(
+        relay,
+        "the streamed upload abandoned",
+        lambda samples: (
+            value(samples, "hlsrelay_streamed_uploads_total", outcome="abandoned") == 1
+        ),
+    )
     wait_settled(relay)
     time.sleep(0.5)  # an upload that went on would have ended by now
 

@@ -59,7 +59,10 @@ def server() -> Iterator[tuple[int, Recorder]]:
     srv = uvicorn.Server(config)
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
+    deadline = time.monotonic() + 30
     while not srv.started:
+        assert thread.is_alive(), "uvicorn did not start"
+        assert time.monotonic() < deadline, "uvicorn did not start in time"
         time.sleep(0.01)
     yield port, recorder
     srv.should_exit = True
