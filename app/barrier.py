@@ -245,6 +245,10 @@ class SegmentBarrier:
                 return op.payload
         return None
 
+    def has_pending(self, key: str) -> bool:
+        """Whether an operation on ``key`` is received and not yet applied."""
+        return bool(self._queues.get(key))
+
     def pending_count(self) -> int:
         return len(self._ops)
 

@@ -228,6 +228,12 @@ class Metrics:
             "Operations dropped because a newer one on the same key arrived.",
             registry=r,
         )
+        self.late_rewrites = Counter(
+            "hlsrelay_late_rewrites_total",
+            "Playlists and deletes written again once S3 had time to finish a "
+            "try of theirs that timed out and may have landed after them.",
+            registry=r,
+        )
 
         # -- state -------------------------------------------------------
         self.spool_files = Gauge(

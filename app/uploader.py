@@ -38,6 +38,7 @@ from app.errors import (
     StorageUnavailable,
 )
 from app.growing import GrowingBody
+from app.late import LATE_CODES, LateTries, Rewrite, settle_s
 from app.metrics import Metrics
 from app.paths import Upload
 from app.spool import BodyWriter, Spool, SpoolEntry
@@ -59,6 +60,11 @@ BACKOFF_CAP_S = 30.0
 # tries of many requests still takes traffic); this long with nothing but
 # failures is, for /readyz and for refusing PUTs in upload mode.
 STORAGE_DOWN_AFTER_S = 3.0
+# How often a key whose late tries are over is looked at again while an
+# operation on it is still pending.
+SETTLED_RECHECK_S = 1.0
+# botocore calls whose late arrival at S3 can undo a newer write.
+WRITING_CALLS = frozenset({"PutObject", "DeleteObject", "CompleteMultipartUpload"})
 # How long a stop waits for requests uvicorn cancelled (past its graceful
 # timeout) to drop their half-received bodies: a few thread hops each.
 RECEIVES_SETTLE_S = 1.0
@@ -154,6 +160,9 @@ class Uploader:
         # trying stays in the spool for the next start.
         self._stopping = False
         self._stop_requested = asyncio.Event()
+        # Keys with a try that timed out, written again once it is over.
+        self._late = LateTries(settle_s(settings.s3_read_timeout_s))
+        self._loop: asyncio.AbstractEventLoop | None = None
         # A test may hand in a storage without a botocore client.
         client = getattr(storage, "client", None)
         for watched in (client, getattr(storage, "stream_client", None)):
@@ -177,6 +186,7 @@ class Uploader:
 
     async def start(self) -> None:
         """Open the spool and replay what an earlier run left, in order."""
+        self._loop = asyncio.get_running_loop()
         entries = await anyio.to_thread.run_sync(self.spool.open)
         self.replayed_puts = await anyio.to_thread.run_sync(
             lambda: [
@@ -328,14 +338,17 @@ class Uploader:
 
     # -- intake ----------------------------------------------------------
 
-    def _allocate(self, key: str, action: str, is_playlist: bool) -> int:
+    def _allocate(
+        self, key: str, action: str, is_playlist: bool, resend: bool = False
+    ) -> int:
         seq = self._next_seq
         self._next_seq += 1
         self.barrier.begin(
             seq, key, "put" if action == "put" else "delete", is_playlist
         )
-        for listener in self.intake_listeners:
-            listener(key, action, seq)
+        if not resend:  # the relay's own copy of what it applied is not news
+            for listener in self.intake_listeners:
+                listener(key, action, seq)
         return seq
 
     def check_can_accept(self, declared_size: int | None) -> None:
@@ -355,17 +368,19 @@ class Uploader:
         chunks: AsyncIterator[bytes],
         limit: int,
         declared: int | None = None,
+        resend: bool = False,
     ) -> Receipt:
         """Spool a body as it arrives; answered once durable (or stored, by ack).
 
         The request's task is known to ``stop`` while it runs, so that one
         cancelled by the server's shutdown can still drop its body first.
+        ``resend`` is the relay writing a playlist again (app/late.py).
         """
         task = asyncio.current_task()
         if task is not None:
             self._receiving.add(task)
         try:
-            return await self._receive_put(upload, chunks, limit, declared)
+            return await self._receive_put(upload, chunks, limit, declared, resend)
         finally:
             if task is not None:
                 self._receiving.discard(task)
@@ -376,10 +391,11 @@ class Uploader:
         chunks: AsyncIterator[bytes],
         limit: int,
         declared: int | None,
+        resend: bool,
     ) -> Receipt:
         key = self.settings.key_for(upload.app, upload.path)
         is_playlist = upload.kind == "playlist"
-        seq = self._allocate(key, "put", is_playlist)
+        seq = self._allocate(key, "put", is_playlist, resend)
         writer: BodyWriter | None = None
         early: EarlyUpload | None = None
         writing: Future[None] | None = None
@@ -434,7 +450,7 @@ class Uploader:
                     self._finish_body, writer, bytes(pending), entry, early
                 )
                 writer = None
-                ack = self._watch_ack(seq)
+                ack = None if resend else self._watch_ack(seq)
                 if version is not None:
                     self._queued_at[seq] = time.monotonic()
                     self.metrics.streams.note(upload.app, key)
@@ -444,8 +460,9 @@ class Uploader:
                     early.body.complete()
                     self._spawn(self._run(self.barrier.operation(seq), early))
                     early = None
-                self.metrics.received_bytes.labels(upload.app).inc(size)
-                self.metrics.body_bytes.labels(upload.kind).observe(size)
+                if not resend:
+                    self.metrics.received_bytes.labels(upload.app).inc(size)
+                    self.metrics.body_bytes.labels(upload.kind).observe(size)
                 log.debug("spooled key=%s seq=%d bytes=%d", key, seq, size)
                 self._pump()
         except BaseException as exc:
@@ -532,9 +549,9 @@ class Uploader:
         self.spool.commit_put(writer, entry)
         return entry
 
-    async def receive_delete(self, upload: Upload) -> str:
+    async def receive_delete(self, upload: Upload, resend: bool = False) -> str:
         key = self.settings.key_for(upload.app, upload.path)
-        seq = self._allocate(key, "delete", upload.kind == "playlist")
+        seq = self._allocate(key, "delete", upload.kind == "playlist", resend)
         entry = SpoolEntry(
             seq=seq, action="delete", app=upload.app, path=upload.path, key=key
         )
@@ -780,6 +797,8 @@ class Uploader:
             self.metrics.uploaded_bytes.labels(entry.app).inc(entry.size)
         if op.version is not None:
             self._log_published(op, entry, waited_s)
+        if entry.key in self._late:
+            self._late.applied(entry.key, await self._rewrite_of(entry, op))
         # Its upload is over, streamed or not, so nothing reads the file: the
         # next segment may write over it (the spool keeps segment sizes only).
         await self._on_disk(
@@ -787,6 +806,58 @@ class Uploader:
         )
         self.barrier.finished(op.seq)
         self._pump()
+
+    async def _rewrite_of(self, entry: SpoolEntry, op: Operation) -> Rewrite | None:
+        """How to apply ``entry`` again, if it can be: a segment's PUT is not
+        kept (late tries of a segment carry its same bytes)."""
+        if entry.action == "delete":
+            return Rewrite(entry.app, entry.path, None)
+        if not op.is_playlist:
+            return None
+        try:
+            body = await self._on_disk(self.spool.read_body, entry)
+        except FileNotFoundError:
+            return None
+        return Rewrite(entry.app, entry.path, body)
+
+    def _timed_out(self, key: str) -> None:
+        if self._late.timed_out(key):
+            self._spawn(self._settle(key))
+
+    async def _settle(self, key: str) -> None:
+        """Once the late tries on ``key`` are over, apply its last operation
+        again, so that none of them is left over a newer write."""
+        while (due := self._late.due_at(key)) is not None:
+            wait = due - time.monotonic()
+            if wait <= 0 and not self.barrier.has_pending(key):
+                break
+            # A pending operation is applied after the tries were over; its
+            # own apply is then what gets written again.
+            if not await self._pause(max(wait, SETTLED_RECHECK_S)):
+                return  # stopping: a late try would have to land by now
+        rewrite = self._late.settle(key)
+        if rewrite is None:
+            return
+        extension = posixpath.splitext(rewrite.path)[1][1:].lower()
+        upload = Upload(rewrite.app, rewrite.path, extension)
+        what = "delete" if rewrite.body is None else "playlist"
+        try:
+            if rewrite.body is None:
+                await self.receive_delete(upload, resend=True)
+            else:
+                await self.receive_put(
+                    upload, _chunks(rewrite.body), len(rewrite.body), resend=True
+                )
+        except Exception as exc:
+            log.warning("could not write %s again key=%s: %s", what, key, exc)
+            return
+        self.metrics.late_rewrites.inc()
+        log.info(
+            "writing %s again key=%s: a try of it that timed out may have "
+            "reached S3 after a newer write",
+            what,
+            key,
+        )
 
     async def _early_done(
         self, entry: SpoolEntry, early: EarlyUpload | None
@@ -861,11 +932,10 @@ class Uploader:
         """Apply ``entry`` to S3, trying until it works; False if stopped first."""
         # Everything here was acknowledged, so there is no retry limit in
         # time: only the spool's size bounds how long S3 may stay away.
-        # NOTE: a try that timed out on our side may still be applied by S3
-        # later, after the retry and after newer operations on the key (seen
-        # with HLSRELAY_S3_READ_TIMEOUT_S=1 under a 6 s freeze: a deleted
-        # segment came back). Keep the read timeout above the provider's
-        # worst latency; the default 30 s outlasts a short outage.
+        # A try that timed out on our side may still be applied by S3 later,
+        # after the retry and after newer operations on the key (seen with
+        # HLSRELAY_S3_READ_TIMEOUT_S=1 under a 6 s freeze: a deleted segment
+        # came back); app/late.py writes the key again once that is over.
         attempt = 0
         while True:
             try:
@@ -939,6 +1009,11 @@ class Uploader:
             done = [op for key, op in waiting.items() if key not in failed]
             if done:
                 entries = [op.payload for op in done]
+                for entry in entries:
+                    if isinstance(entry, SpoolEntry) and entry.key in self._late:
+                        self._late.applied(
+                            entry.key, Rewrite(entry.app, entry.path, None)
+                        )
                 await anyio.to_thread.run_sync(self._remove_entries, entries)
                 for op in done:
                     del waiting[op.key]
@@ -983,6 +1058,11 @@ class Uploader:
         log.warning(
             "S3 try failed op=%s key=%s try=%d code=%s", operation, key, attempt, code
         )
+        loop = self._loop
+        if code in LATE_CODES and key and operation in WRITING_CALLS and loop:
+            # A call abandoned at shutdown can time out once the loop is gone.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._timed_out, key)
 
     def _storage_worked(self, key: str) -> None:
         if not self.storage_ok:
@@ -1029,6 +1109,10 @@ class Uploader:
             )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._deadline_changed.wait(), timeout)
+
+
+async def _chunks(body: bytes) -> AsyncIterator[bytes]:
+    yield body
 
 
 def _write_slice(writer: BodyWriter, data: bytes, early: EarlyUpload | None) -> None:

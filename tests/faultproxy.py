@@ -2,7 +2,9 @@
 
 Requests pass through unchanged (the Host header too, so SigV4 signatures still
 match) unless a rule says to answer with an S3 error instead: the first tries
-of every PutObject of a key, or everything under a key prefix for a while.
+of every PutObject of a key, or everything under a key prefix for a while. Or
+to hold a PutObject a while before passing it on, as a stalling provider
+applies a try long after its sender stopped waiting.
 
 Run alone: python tests/faultproxy.py --upstream http://127.0.0.1:8333 --port P
 """
@@ -10,8 +12,10 @@ Run alone: python tests/faultproxy.py --upstream http://127.0.0.1:8333 --port P
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import threading
+import time
 import urllib.parse
 from collections import Counter
 from dataclasses import dataclass
@@ -60,6 +64,8 @@ class FaultProxy:
         self._first_puts_status = (503, "ServiceUnavailable")
         self._failing_prefixes: dict[str, tuple[int, str]] = {}
         self._unsigned_refusal: tuple[int, str] | None = None
+        self._holds: dict[str, float] = {}
+        self.late_landed: list[str] = []
         self.injected: list[Injected] = []
         self.forwarded = 0
         self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
@@ -95,6 +101,18 @@ class FaultProxy:
         """Refuse every request sent with UNSIGNED-PAYLOAD, as some providers do."""
         with self._lock:
             self._unsigned_refusal = (status, code)
+
+    def hold_first_put(self, key: str, hold_s: float) -> None:
+        """Pass the next PutObject of ``key`` on to S3 only ``hold_s`` after
+        it came; its answer goes nowhere if the sender gave up meanwhile."""
+        with self._lock:
+            self._holds[key] = hold_s
+
+    def _hold_for(self, method: str, key: str, query: str) -> float:
+        if method != "PUT" or "partNumber" in query:
+            return 0.0
+        with self._lock:
+            return self._holds.pop(key, 0.0)
 
     def clear_prefix(self, prefix: str) -> None:
         with self._lock:
@@ -175,7 +193,15 @@ class FaultProxy:
                         body=_s3_error(status, code),
                     )
                     return
-                self._forward(body)
+                hold_s = proxy._hold_for(self.command, key, split.query)
+                if not hold_s:
+                    self._forward(body)
+                    return
+                time.sleep(hold_s)
+                with contextlib.suppress(OSError):  # the sender has gone
+                    self._forward(body)
+                with proxy._lock:
+                    proxy.late_landed.append(key)
 
             def _forward(self, body: bytes) -> None:
                 headers = {
