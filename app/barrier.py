@@ -249,6 +249,13 @@ class SegmentBarrier:
         """Whether an operation on ``key`` is received and not yet applied."""
         return bool(self._queues.get(key))
 
+    def running_seq(self, key: str) -> int | None:
+        """The operation on ``key`` being applied now, if one is."""
+        queue = self._queues.get(key)
+        if queue and queue[0].state is State.RUNNING:
+            return queue[0].seq
+        return None
+
     def pending_count(self) -> int:
         return len(self._ops)
 

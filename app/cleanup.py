@@ -264,6 +264,7 @@ class CleanupScheduler:
         # first one's record written, to remove it.
         self._scheduling = asyncio.Lock()
         uploader.intake_listeners.append(self._on_intake)
+        uploader.resend_vetoes.append(self._will_delete)
 
     async def schedule(self, stream: Stream, stream_id: str) -> bool:
         """Start the wait; True once its record is on disk, False if in memory only."""
@@ -379,6 +380,15 @@ class CleanupScheduler:
                     # One write waits at a time; it takes every key so far.
                     job.save_queued = True
                     self._spawn(self._save(job))
+
+    def _will_delete(self, key: str) -> bool:
+        """Whether a clean-up waits to delete ``key``: writing it again
+        (app/late.py) is then moot, and after a restart it would look like a
+        newer publish to the resumed clean-up."""
+        folder, _, base = key.rpartition("/")
+        return any(
+            base.startswith(job.stream.name) for job in self._by_folder.get(folder, ())
+        )
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

@@ -4,19 +4,27 @@ A try that timed out on our side (no answer within HLSRELAY_S3_READ_TIMEOUT_S,
 or a connection dropped while waiting for one) may have reached S3 all the
 same, and a provider that was stalling can apply it later: after the retry
 that worked, and after newer operations on the same key. An old playlist
-version would then be back over a newer one, or a deleted segment back in
-the bucket, against guarantee 2.
+version would then be back over a newer one, a deleted segment back in the
+bucket, or a new publish's playlist gone under a clean-up's late bulk delete,
+against guarantee 2.
 
-Nothing on our side can cancel such a try. What can be done is to write the
-key's newest operation once more when S3 has had time to finish whatever it
-still held: ``LateTries`` says when, and what. Only what is cheap to hold is
-written again: playlists (small, and the file a player needs right) and
-deletes. A segment is PUT under a new name each time, so a late try of one
-carries the same bytes.
+Nothing on our side can cancel such a try. What can be done is to apply the
+key's last operation once more when S3 has had time to finish what it still
+held, and only when that operation came after the one that timed out (a late
+try of the last one carries what S3 has already). ``LateTries`` says when,
+and what. Only what is cheap to hold is sent again: a playlist (small, and
+the file a player needs right) or a delete; the resend goes through the
+spool and the key's order like an encoder's request. A stop before the wait
+is over spools the resend at once, for the next start if not applied before.
+
+Not covered: a segment's PUT is not kept, so a late try of an earlier body
+under a name the encoder uses again with other bytes (an fMP4 init file
+after an encoder restart) stays; and a crash forgets the keys in doubt.
 """
 
 from __future__ import annotations
 
+import heapq
 import time
 from dataclasses import dataclass
 
@@ -37,50 +45,103 @@ def settle_s(read_timeout_s: float) -> float:
 
 @dataclass(frozen=True)
 class Rewrite:
-    """What to send again: a playlist's bytes, or a delete (``body`` None)."""
+    """Operation ``seq`` to send again: a playlist's bytes, or a delete
+    (``body`` None)."""
 
+    seq: int
     app: str
     path: str
     body: bytes | None
 
 
+TAKEN = -1.0  # the due time of a key handed out by take_due
+
+
+@dataclass
+class _Doubt:
+    due: float
+    first_seq: int  # the oldest operation with a try that timed out
+    applied: Rewrite | None = None  # the last one S3 took since
+
+
 class LateTries:
     """The keys with a try in doubt, and the last operation S3 took on each.
 
-    Called from the event loop only. Memory is one entry per key in doubt,
-    held from its first timed-out try until ``settle_s`` after its last.
+    Called from the event loop only. Memory is one small entry per key in
+    doubt (a playlist's bytes at most), from its first timed-out try until
+    ``settle_s`` after its last.
     """
 
     def __init__(self, settle_s: float) -> None:
         self.settle_s = settle_s
-        self._last_timeout: dict[str, float] = {}
-        self._applied: dict[str, Rewrite | None] = {}
+        self._doubts: dict[str, _Doubt] = {}
+        # (due, key); an entry whose due is not the key's current one is stale.
+        self._heap: list[tuple[float, str]] = []
 
     def __contains__(self, key: str) -> bool:
-        return key in self._last_timeout
+        return key in self._doubts
 
     def __len__(self) -> int:
-        return len(self._last_timeout)
+        return len(self._doubts)
 
-    def timed_out(self, key: str, now: float | None = None) -> bool:
-        """A try on ``key`` timed out; True when the key was not in doubt yet."""
-        new = key not in self._last_timeout
-        self._last_timeout[key] = time.monotonic() if now is None else now
-        return new
+    def in_doubt(self) -> list[str]:
+        return list(self._doubts)
+
+    def timed_out(self, key: str, seq: int, now: float | None = None) -> None:
+        """A try of operation ``seq`` on ``key`` timed out."""
+        due = (time.monotonic() if now is None else now) + self.settle_s
+        doubt = self._doubts.get(key)
+        if doubt is None:
+            self._doubts[key] = _Doubt(due, seq)
+        else:
+            doubt.due = max(doubt.due, due)
+            doubt.first_seq = min(doubt.first_seq, seq)
+        self.recheck(key, self._doubts[key].due)
 
     def applied(self, key: str, rewrite: Rewrite | None) -> None:
         """S3 took an operation on ``key``: ``rewrite`` sends it again, None
         when it cannot be (a segment's PUT)."""
-        if key in self._last_timeout:
-            self._applied[key] = rewrite
+        doubt = self._doubts.get(key)
+        if doubt is not None:
+            doubt.applied = rewrite
 
-    def due_at(self, key: str) -> float | None:
-        """When ``key`` is settled; None once it is not in doubt."""
-        last = self._last_timeout.get(key)
-        return None if last is None else last + self.settle_s
+    def recheck(self, key: str, at: float) -> None:
+        """Look at ``key`` again at ``at`` (its operation was still pending)."""
+        doubt = self._doubts[key]
+        doubt.due = at
+        heapq.heappush(self._heap, (at, key))
 
-    def settle(self, key: str) -> Rewrite | None:
-        """The key leaves doubt: what to write again, if anything was
-        applied to it since its first timed-out try."""
-        self._last_timeout.pop(key, None)
-        return self._applied.pop(key, None)
+    def next_due(self) -> float | None:
+        while self._heap:
+            due, key = self._heap[0]
+            doubt = self._doubts.get(key)
+            if doubt is not None and doubt.due == due:
+                return due
+            heapq.heappop(self._heap)
+        return None
+
+    def take_due(self, now: float | None = None) -> list[str]:
+        """The keys whose wait is over, each once."""
+        now = time.monotonic() if now is None else now
+        due_keys = []
+        while (due := self.next_due()) is not None and due <= now:
+            _, key = heapq.heappop(self._heap)
+            self._doubts[key].due = TAKEN  # settle() or recheck() next
+            due_keys.append(key)
+        return due_keys
+
+    def settle(self, key: str, now_or_never: bool = False) -> Rewrite | None:
+        """The key leaves doubt: what to write again, if anything.
+
+        Nothing when the last operation applied is the oldest one that timed
+        out: its late tries carry what S3 holds already. A key that timed out
+        again since ``take_due`` stays in doubt, unless ``now_or_never`` (a
+        stop).
+        """
+        doubt = self._doubts.get(key)
+        if doubt is None or (doubt.due != TAKEN and not now_or_never):
+            return None
+        del self._doubts[key]
+        if doubt.applied is None:
+            return None
+        return doubt.applied if doubt.applied.seq > doubt.first_seq else None

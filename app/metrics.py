@@ -230,8 +230,9 @@ class Metrics:
         )
         self.late_rewrites = Counter(
             "hlsrelay_late_rewrites_total",
-            "Playlists and deletes written again once S3 had time to finish a "
-            "try of theirs that timed out and may have landed after them.",
+            "Playlists and deletes spooled again once S3 had time to finish an "
+            "earlier try on their key that timed out and may have landed after "
+            "them.",
             registry=r,
         )
 

@@ -317,7 +317,8 @@ def watch_failed_tries(
         else:
             return
         # Path style puts the bucket first; virtual-hosted style leaves it out.
-        path = unquote(str(request_dict.get("url_path", ""))).lstrip("/")
+        url_path = str(request_dict.get("url_path", "")).partition("?")[0]
+        path = unquote(url_path).lstrip("/")
         key = path.removeprefix(f"{bucket}/") if path != bucket else ""
         listener(str(getattr(operation, "name", "")), key, attempts, code)
 

@@ -15,6 +15,7 @@ import hashlib
 import logging
 import posixpath
 import random
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -162,7 +163,15 @@ class Uploader:
         self._stop_requested = asyncio.Event()
         # Keys with a try that timed out, written again once it is over.
         self._late = LateTries(settle_s(settings.s3_read_timeout_s))
+        self._late_changed = asyncio.Event()
+        self._late_timer: asyncio.Task[None] | None = None
+        # Each says whether a key is about to be deleted anyway (a stream's
+        # clean-up), so that writing it again is moot.
+        self.resend_vetoes: list[Callable[[str], bool]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Set in a worker thread by a DeleteObjects try that timed out: that
+        # call names no key, so the batch being sent marks its own.
+        self._thread_calls = threading.local()
         # A test may hand in a storage without a botocore client.
         client = getattr(storage, "client", None)
         for watched in (client, getattr(storage, "stream_client", None)):
@@ -217,6 +226,7 @@ class Uploader:
                 )
             self.barrier.commit(entry.seq, entry, version)
         self._timer = asyncio.create_task(self._deadline_loop())
+        self._late_timer = asyncio.create_task(self._settle_loop())
         if held:
             self._spawn(self._replay_deletes(held))
         self._pump()
@@ -307,6 +317,7 @@ class Uploader:
             body.abandon()
         if self._timer is not None:
             self._timer.cancel()
+        await self._resend_before_stop()
         # Operations may still start while others finish (a stored segment
         # releases its playlist); those are waited for too, in the same time.
         while self._tasks and (left := deadline - time.monotonic()) > 0:
@@ -809,34 +820,57 @@ class Uploader:
 
     async def _rewrite_of(self, entry: SpoolEntry, op: Operation) -> Rewrite | None:
         """How to apply ``entry`` again, if it can be: a segment's PUT is not
-        kept (late tries of a segment carry its same bytes)."""
+        kept (see app/late.py)."""
         if entry.action == "delete":
-            return Rewrite(entry.app, entry.path, None)
+            return Rewrite(op.seq, entry.app, entry.path, None)
         if not op.is_playlist:
             return None
         try:
             body = await self._on_disk(self.spool.read_body, entry)
         except FileNotFoundError:
             return None
-        return Rewrite(entry.app, entry.path, body)
+        return Rewrite(op.seq, entry.app, entry.path, body)
 
-    def _timed_out(self, key: str) -> None:
-        if self._late.timed_out(key):
-            self._spawn(self._settle(key))
+    def _timed_out(self, key: str, seq: int | None = None) -> None:
+        if seq is None:
+            seq = self.barrier.running_seq(key)
+        # Unknown: any operation applied since may be under a late try.
+        self._late.timed_out(key, seq if seq is not None else 0)
+        self._late_changed.set()
 
-    async def _settle(self, key: str) -> None:
-        """Once the late tries on ``key`` are over, apply its last operation
-        again, so that none of them is left over a newer write."""
-        while (due := self._late.due_at(key)) is not None:
-            wait = due - time.monotonic()
-            if wait <= 0 and not self.barrier.has_pending(key):
-                break
-            # A pending operation is applied after the tries were over; its
-            # own apply is then what gets written again.
-            if not await self._pause(max(wait, SETTLED_RECHECK_S)):
-                return  # stopping: a late try would have to land by now
-        rewrite = self._late.settle(key)
-        if rewrite is None:
+    async def _settle_loop(self) -> None:
+        """Write again the keys whose late tries are over (app/late.py)."""
+        while True:
+            self._late_changed.clear()
+            for key in self._late.take_due():
+                if self.barrier.has_pending(key):
+                    # Applied after the tries were over, that operation is
+                    # what S3 keeps; looked at again once it is done.
+                    self._late.recheck(key, time.monotonic() + SETTLED_RECHECK_S)
+                else:
+                    await self._resend(key, self._late.settle(key))
+            due = self._late.next_due()
+            timeout = None if due is None else max(0.0, due - time.monotonic())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._late_changed.wait(), timeout)
+
+    async def _resend_before_stop(self) -> None:
+        """At a stop, spool now what would have been written again: the next
+        start applies it, as late tries may still land after the restart."""
+        if self._late_timer is not None:
+            self._late_timer.cancel()
+        for key in self._late.in_doubt():
+            rewrite = self._late.settle(key, now_or_never=True)
+            if not self.barrier.has_pending(key):
+                await self._resend(key, rewrite)
+
+    async def _resend(self, key: str, rewrite: Rewrite | None) -> None:
+        """Apply ``rewrite`` again, behind whatever came before on its key.
+
+        Nothing is awaited before the resend takes its place in the key's
+        order, so nothing received after the caller's check comes first.
+        """
+        if rewrite is None or any(veto(key) for veto in self.resend_vetoes):
             return
         extension = posixpath.splitext(rewrite.path)[1][1:].lower()
         upload = Upload(rewrite.app, rewrite.path, extension)
@@ -849,12 +883,12 @@ class Uploader:
                     upload, _chunks(rewrite.body), len(rewrite.body), resend=True
                 )
         except Exception as exc:
-            log.warning("could not write %s again key=%s: %s", what, key, exc)
+            log.warning("could not spool a %s again key=%s: %s", what, key, exc)
             return
         self.metrics.late_rewrites.inc()
         log.info(
-            "writing %s again key=%s: a try of it that timed out may have "
-            "reached S3 after a newer write",
+            "spooled %s again key=%s: a try on the key that timed out may have "
+            "reached S3 after it",
             what,
             key,
         )
@@ -1002,17 +1036,22 @@ class Uploader:
         attempt = 0
         while True:
             try:
-                failed = await self._in_pool(self.storage.delete_many, list(waiting))
+                failed, late = await self._in_pool(self._delete_many, list(waiting))
             except Exception as exc:
                 log.warning("bulk delete failed count=%d", len(waiting), exc_info=exc)
                 failed = dict.fromkeys(waiting, StorageError(str(exc)))
+                late = False
+            if late:
+                for op in waiting.values():
+                    self._timed_out(op.key, op.seq)
             done = [op for key, op in waiting.items() if key not in failed]
             if done:
                 entries = [op.payload for op in done]
-                for entry in entries:
+                for op in done:
+                    entry = op.payload
                     if isinstance(entry, SpoolEntry) and entry.key in self._late:
                         self._late.applied(
-                            entry.key, Rewrite(entry.app, entry.path, None)
+                            entry.key, Rewrite(op.seq, entry.app, entry.path, None)
                         )
                 await anyio.to_thread.run_sync(self._remove_entries, entries)
                 for op in done:
@@ -1043,6 +1082,12 @@ class Uploader:
             if not await self._pause(delay):
                 return  # stopping: the deletes stay in the spool
 
+    def _delete_many(self, keys: list[str]) -> tuple[dict[str, StorageError], bool]:
+        """``storage.delete_many``, and whether a try of it timed out."""
+        self._thread_calls.late_bulk_delete = False
+        failed = self.storage.delete_many(keys)
+        return failed, self._thread_calls.late_bulk_delete
+
     def _remove_entries(self, entries: list[object]) -> None:
         for entry in entries:
             if isinstance(entry, SpoolEntry):
@@ -1058,8 +1103,12 @@ class Uploader:
         log.warning(
             "S3 try failed op=%s key=%s try=%d code=%s", operation, key, attempt, code
         )
+        if code not in LATE_CODES:
+            return
+        if operation == "DeleteObjects":
+            self._thread_calls.late_bulk_delete = True
         loop = self._loop
-        if code in LATE_CODES and key and operation in WRITING_CALLS and loop:
+        if key and operation in WRITING_CALLS and loop is not None:
             # A call abandoned at shutdown can time out once the loop is gone.
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(self._timed_out, key)

@@ -35,6 +35,10 @@ _HOP_BY_HOP = {
 }
 
 
+# What late_landed records for a held DeleteObjects, which names no key.
+BULK_DELETE = "?delete"
+
+
 @dataclass(frozen=True)
 class Injected:
     method: str
@@ -108,8 +112,15 @@ class FaultProxy:
         with self._lock:
             self._holds[key] = hold_s
 
+    def hold_next_bulk_delete(self, hold_s: float) -> None:
+        """The same for the next DeleteObjects, whatever keys it names."""
+        with self._lock:
+            self._holds[BULK_DELETE] = hold_s
+
     def _hold_for(self, method: str, key: str, query: str) -> float:
-        if method != "PUT" or "partNumber" in query:
+        if method == "POST" and not key and "delete" in query:
+            key = BULK_DELETE
+        elif method != "PUT" or "partNumber" in query:
             return 0.0
         with self._lock:
             return self._holds.pop(key, 0.0)
@@ -201,7 +212,7 @@ class FaultProxy:
                 with contextlib.suppress(OSError):  # the sender has gone
                     self._forward(body)
                 with proxy._lock:
-                    proxy.late_landed.append(key)
+                    proxy.late_landed.append(key or BULK_DELETE)
 
             def _forward(self, body: bytes) -> None:
                 headers = {

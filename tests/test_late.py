@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 from conftest import Relay, RelayFactory
-from faultproxy import FaultProxy
+from faultproxy import BULK_DELETE, FaultProxy
 from pusher import bucket_state
 from test_metrics import scrape, value
 
@@ -31,25 +31,48 @@ def test_settle_waits_twice_the_read_timeout_and_at_least_ten_seconds() -> None:
     assert settle_s(1) == 10
 
 
-def test_a_key_leaves_doubt_with_its_last_applied_operation() -> None:
+def test_a_key_leaves_doubt_with_the_last_operation_applied_after_it() -> None:
     late = LateTries(settle_s=10)
-    late.applied("k", Rewrite("LiveApp", "a.m3u8", b"v0"))  # not in doubt: kept no copy
+    late.applied("k", Rewrite(1, "LiveApp", "a.m3u8", b"v1"))  # not in doubt
     assert "k" not in late
-    assert late.timed_out("k", now=100.0)
-    assert not late.timed_out("k", now=104.0)  # again: the wait starts over
-    assert late.due_at("k") == 114.0
-    late.applied("k", Rewrite("LiveApp", "a.m3u8", b"v1"))
-    late.applied("k", Rewrite("LiveApp", "a.m3u8", b"v2"))
-    assert late.settle("k") == Rewrite("LiveApp", "a.m3u8", b"v2")
-    assert "k" not in late and len(late) == 0 and late.due_at("k") is None
+    late.timed_out("k", seq=2, now=100.0)
+    late.timed_out("k", seq=3, now=104.0)  # again: the wait starts over
+    assert late.next_due() == 114.0
+    assert late.take_due(now=113.9) == []
+    late.applied("k", Rewrite(2, "LiveApp", "a.m3u8", b"v2"))
+    late.applied("k", Rewrite(3, "LiveApp", "a.m3u8", b"v3"))
+    assert late.take_due(now=114.0) == ["k"]
+    assert late.take_due(now=200.0) == []  # taken once
+    assert late.settle("k") == Rewrite(3, "LiveApp", "a.m3u8", b"v3")
+    assert "k" not in late and len(late) == 0 and late.next_due() is None
     assert late.settle("k") is None
 
 
-def test_a_key_with_nothing_applied_since_its_timeout_is_not_written_again() -> None:
+def test_a_key_whose_timed_out_operation_is_the_last_is_not_written_again() -> None:
+    # Its late try carries the same bytes as what S3 took.
     late = LateTries(settle_s=10)
-    late.timed_out("seg.ts", now=0.0)
+    late.timed_out("a.m3u8", seq=5, now=0.0)
+    late.applied("a.m3u8", Rewrite(5, "LiveApp", "a.m3u8", b"v5"))
+    late.timed_out("seg.ts", seq=6, now=0.0)
     late.applied("seg.ts", None)  # a segment's PUT: no copy kept
+    assert late.take_due(now=10.0) == ["a.m3u8", "seg.ts"]
+    assert late.settle("a.m3u8") is None
     assert late.settle("seg.ts") is None
+    assert len(late) == 0
+
+
+def test_a_key_still_pending_is_looked_at_again_later() -> None:
+    late = LateTries(settle_s=10)
+    late.timed_out("a", seq=1, now=0.0)
+    late.timed_out("b", seq=1, now=1.0)
+    assert late.take_due(now=20.0) == ["a", "b"]
+    late.recheck("a", at=21.0)
+    assert late.settle("b") is None
+    assert late.next_due() == 21.0
+    assert late.take_due(now=21.0) == ["a"]
+    late.timed_out("a", seq=2, now=21.5)  # again, before it was settled
+    assert late.settle("a") is None and "a" in late
+    assert late.next_due() == 31.5
 
 
 @pytest.fixture
@@ -94,30 +117,126 @@ def _rewrites(relay: Relay) -> float:
     return value(scrape(relay), "hlsrelay_late_rewrites_total")
 
 
+KEY = "streams/late/index.m3u8"
+V1 = b"#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2,\nseg0.ts\n"
+V2 = V1 + b"#EXTINF:2,\nseg1.ts\n"
+
+
+def _v1_lands_over_v2(relay: Relay, proxy: FaultProxy, stored: Stored) -> None:
+    """v1's first try is held; the retry stores v1, then v2 is stored, and
+    then the held try lands over v2."""
+    _put(relay, "late/seg0.ts", b"0" * 1000)
+    _put(relay, "late/seg1.ts", b"1" * 1000)
+    proxy.hold_first_put(KEY, HOLD_S)
+    _put(relay, "late/index.m3u8", V1)
+    _wait("v1 stored by the retry", lambda: stored(KEY) == V1)
+    _put(relay, "late/index.m3u8", V2)
+    _wait("v2 stored", lambda: stored(KEY) == V2)
+    # What viewers would keep from now on.
+    _wait("the held try passed on", lambda: proxy.late_landed == [KEY])
+    assert stored(KEY) == V1
+
+
+def _ending_relay(
+    relay_factory: RelayFactory, proxy: FaultProxy, delay_s: float
+) -> Relay:
+    """A relay like ``relay``'s that cleans a stream up ``delay_s`` after its end."""
+    return relay_factory(
+        extra_env={
+            "HLSRELAY_S3_ENDPOINT": proxy.url,
+            "HLSRELAY_S3_READ_TIMEOUT_S": "1",
+            "HLSRELAY_DELETE_ON_END": "true",
+            "HLSRELAY_DELETE_ON_END_DELAY_S": f"{delay_s:g}",
+        }
+    )
+
+
+def _end_stream(relay: Relay) -> None:
+    """The media server's notice that the stream of ``KEY`` ended."""
+    notice = httpx.post(
+        f"{relay.url}/LiveApp/hls-upload",
+        json={
+            "streamId": "s",
+            "command": "publish_finished",
+            "filePath": KEY.removesuffix(".m3u8"),
+        },
+    )
+    assert notice.status_code == 202
+
+
 @pytest.mark.integration
 def test_a_playlist_version_that_lands_late_is_written_over_again(
     relay: Relay, proxy: FaultProxy, stored: Stored
 ) -> None:
-    key = "streams/late/index.m3u8"
-    v1 = b"#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2,\nseg0.ts\n"
-    v2 = v1 + b"#EXTINF:2,\nseg1.ts\n"
-    _put(relay, "late/seg0.ts", b"0" * 1000)
-    _put(relay, "late/seg1.ts", b"1" * 1000)
-
-    proxy.hold_first_put(key, HOLD_S)
-    _put(relay, "late/index.m3u8", v1)
-    _wait("v1 stored by the retry", lambda: stored(key) == v1)
-    _put(relay, "late/index.m3u8", v2)
-    _wait("v2 stored", lambda: stored(key) == v2)
-
-    # The held try of v1 reaches S3 now, over v2: what viewers would keep.
-    _wait("the held try passed on", lambda: proxy.late_landed == [key])
-    assert stored(key) == v1
+    _v1_lands_over_v2(relay, proxy, stored)
     assert _rewrites(relay) == 0
 
-    _wait("v2 written again", lambda: stored(key) == v2)
+    _wait("v2 written again", lambda: stored(KEY) == V2)
     assert _rewrites(relay) == 1
-    assert f"writing playlist again key={key}" in relay.log_text()
+    assert f"spooled playlist again key={KEY}" in relay.log_text()
+
+
+@pytest.mark.integration
+def test_a_stop_before_the_wait_is_over_writes_the_newer_version_again(
+    relay: Relay, proxy: FaultProxy, stored: Stored
+) -> None:
+    _v1_lands_over_v2(relay, proxy, stored)
+    relay.terminate()
+    relay.start()
+    _wait("v2 written again", lambda: stored(KEY) == V2, timeout_s=30)
+    assert f"spooled playlist again key={KEY}" in relay.log_text()
+
+
+@pytest.mark.integration
+def test_a_playlist_a_clean_up_is_about_to_delete_is_not_written_again(
+    relay_factory: RelayFactory, proxy: FaultProxy, stored: Stored
+) -> None:
+    # Moot, and after a restart the resumed clean-up would take the copy for
+    # a newer publish and keep the ended stream for good.
+    relay = _ending_relay(relay_factory, proxy, delay_s=60)
+    _v1_lands_over_v2(relay, proxy, stored)
+    _end_stream(relay)
+    _wait("the clean-up scheduled", lambda: "clean-up scheduled" in relay.log_text())
+    time.sleep(settle_s(1) + 2)  # past the settle time
+    assert _rewrites(relay) == 0
+    assert stored(KEY) == V1
+
+
+@pytest.mark.integration
+def test_a_new_publish_a_late_clean_up_deletes_gets_its_playlist_back(
+    relay_factory: RelayFactory, proxy: FaultProxy, stored: Stored
+) -> None:
+    relay = _ending_relay(relay_factory, proxy, delay_s=1)
+    _put(relay, "late/seg0.ts", b"0" * 1000)
+    _put(relay, "late/index.m3u8", V1)
+    proxy.hold_next_bulk_delete(HOLD_S)
+    _end_stream(relay)
+    _wait("the clean-up done", lambda: "clean-up done stream=s" in relay.log_text())
+    assert stored(KEY) is None
+
+    # The stream is published again; then the clean-up's held try lands.
+    _put(relay, "late/seg0.ts", b"0" * 1000)
+    _put(relay, "late/index.m3u8", V1)
+    _wait("the new playlist stored", lambda: stored(KEY) == V1)
+    _wait("the held try passed on", lambda: proxy.late_landed == [BULK_DELETE])
+    assert stored(KEY) is None
+
+    _wait("the new playlist written again", lambda: stored(KEY) == V1)
+    assert f"spooled playlist again key={KEY}" in relay.log_text()
+
+
+@pytest.mark.integration
+def test_a_late_try_of_the_last_version_itself_is_left_alone(
+    relay: Relay, proxy: FaultProxy, stored: Stored
+) -> None:
+    _put(relay, "late/seg0.ts", b"0" * 1000)
+    proxy.hold_first_put(KEY, HOLD_S)
+    _put(relay, "late/index.m3u8", V1)
+    _wait("the held try passed on", lambda: proxy.late_landed == [KEY])
+    assert stored(KEY) == V1
+    time.sleep(settle_s(1) - HOLD_S + 2)  # past the settle time
+    assert _rewrites(relay) == 0
+    assert "again key=" not in relay.log_text()
 
 
 @pytest.mark.integration
@@ -138,4 +257,4 @@ def test_a_deleted_segment_a_late_try_brings_back_is_deleted_again(
 
     _wait("deleted again", lambda: stored(key) is None)
     assert _rewrites(relay) == 1
-    assert f"writing delete again key={key}" in relay.log_text()
+    assert f"spooled delete again key={key}" in relay.log_text()
