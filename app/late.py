@@ -17,9 +17,13 @@ the file a player needs right) or a delete; the resend goes through the
 spool and the key's order like an encoder's request. A stop before the wait
 is over spools the resend at once, for the next start if not applied before.
 
+After a crash, or a stop with S3 away, every key replayed from the spool is
+in doubt from the start: a try of the run before may still be on its way.
+
 Not covered: a segment's PUT is not kept, so a late try of an earlier body
 under a name the encoder uses again with other bytes (an fMP4 init file
-after an encoder restart) stays; and a crash forgets the keys in doubt.
+after an encoder restart) stays; and a crash forgets the keys in doubt whose
+operations had all left the spool.
 """
 
 from __future__ import annotations

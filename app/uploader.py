@@ -215,6 +215,8 @@ class Uploader:
         held = [entry for entry in entries if entry.action == "delete"]
         for entry in entries:
             self.barrier.begin(entry.seq, entry.key, entry.action, _is_playlist(entry))
+            # The run before may have left a try of it on its way to S3.
+            self._late.timed_out(entry.key, entry.seq)
             if entry.action == "delete":
                 continue  # committed by _replay_deletes
             self._maybe_orphaned.add(entry.seq)

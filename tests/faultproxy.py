@@ -69,7 +69,8 @@ class FaultProxy:
         self._failing_prefixes: dict[str, tuple[int, str]] = {}
         self._unsigned_refusal: tuple[int, str] | None = None
         self._holds: dict[str, float] = {}
-        self.late_landed: list[str] = []
+        self.holding: list[str] = []  # held tries, from when they came
+        self.late_landed: list[str] = []  # and once passed on
         self.injected: list[Injected] = []
         self.forwarded = 0
         self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
@@ -208,6 +209,8 @@ class FaultProxy:
                 if not hold_s:
                     self._forward(body)
                     return
+                with proxy._lock:
+                    proxy.holding.append(key or BULK_DELETE)
                 time.sleep(hold_s)
                 with contextlib.suppress(OSError):  # the sender has gone
                     self._forward(body)

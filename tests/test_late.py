@@ -226,6 +226,27 @@ def test_a_new_publish_a_late_clean_up_deletes_gets_its_playlist_back(
 
 
 @pytest.mark.integration
+def test_a_try_left_by_a_crashed_run_is_written_over_after_the_replay(
+    relay: Relay, proxy: FaultProxy, stored: Stored
+) -> None:
+    _put(relay, "late/seg0.ts", b"0" * 1000)
+    _put(relay, "late/seg1.ts", b"1" * 1000)
+    proxy.hold_first_put(KEY, HOLD_S)
+    _put(relay, "late/index.m3u8", V1)  # spooled; its first try is held
+    _wait("the first try held", lambda: proxy.holding == [KEY])
+    relay.kill()
+    relay.start()  # the replay stores v1 again, straight through
+    _wait("v1 stored by the replay", lambda: stored(KEY) == V1)
+    _put(relay, "late/index.m3u8", V2)
+    _wait("v2 stored", lambda: stored(KEY) == V2)
+    _wait("the crashed run's try passed on", lambda: proxy.late_landed == [KEY])
+    assert stored(KEY) == V1
+
+    _wait("v2 written again", lambda: stored(KEY) == V2)
+    assert f"spooled playlist again key={KEY}" in relay.log_text()
+
+
+@pytest.mark.integration
 def test_a_late_try_of_the_last_version_itself_is_left_alone(
     relay: Relay, proxy: FaultProxy, stored: Stored
 ) -> None:
