@@ -875,6 +875,7 @@ def main(argv: list[str] | None = None) -> int:
         if relay is not None:
             _stop_child(relay)
         s3.stop()
+        print("Stopped the relay, then the local S3.", flush=True)
 
 
 if __name__ == "__main__":

@@ -526,6 +526,7 @@ def test_make_run_stops_its_relay_and_s3_when_its_terminal_closes(
     text = output.decode(errors="replace")
     assert run.returncode == 0, text
     assert "holds no usable port and secret: the local S3 has new ones" in text
+    assert text.rstrip().endswith("Stopped the relay, then the local S3."), text
     assert _refuses_connections(state["relay_url"]), text
     assert _refuses_connections(state["endpoint"]), text
     assert not (local / "run.json").exists()
