@@ -387,7 +387,8 @@ class CleanupScheduler:
         newer publish to the resumed clean-up."""
         folder, _, base = key.rpartition("/")
         return any(
-            base.startswith(job.stream.name) for job in self._by_folder.get(folder, ())
+            _is_named_for(base, job.stream.name)
+            for job in self._by_folder.get(folder, ())
         )
 
     def _spawn(self, coro: Any) -> None:
