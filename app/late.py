@@ -98,9 +98,9 @@ class LateTries:
         if doubt is None:
             self._doubts[key] = _Doubt(due, seq)
         else:
-            doubt.due = max(doubt.due, due)
+            due = max(doubt.due, due)
             doubt.first_seq = min(doubt.first_seq, seq)
-        self.recheck(key, self._doubts[key].due)
+        self.recheck(key, due)
 
     def applied(self, key: str, rewrite: Rewrite | None) -> None:
         """S3 took an operation on ``key``: ``rewrite`` sends it again, None
@@ -146,6 +146,7 @@ class LateTries:
         if doubt is None or (doubt.due != TAKEN and not now_or_never):
             return None
         del self._doubts[key]
-        if doubt.applied is None:
-            return None
-        return doubt.applied if doubt.applied.seq > doubt.first_seq else None
+        applied = doubt.applied
+        return (
+            applied if applied is not None and applied.seq > doubt.first_seq else None
+        )

@@ -1052,9 +1052,7 @@ class Uploader:
                 for op in done:
                     entry = op.payload
                     if isinstance(entry, SpoolEntry) and entry.key in self._late:
-                        self._late.applied(
-                            entry.key, Rewrite(op.seq, entry.app, entry.path, None)
-                        )
+                        self._late.applied(entry.key, await self._rewrite_of(entry, op))
                 await anyio.to_thread.run_sync(self._remove_entries, entries)
                 for op in done:
                     del waiting[op.key]

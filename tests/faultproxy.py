@@ -209,13 +209,14 @@ class FaultProxy:
                 if not hold_s:
                     self._forward(body)
                     return
+                held = key or BULK_DELETE
                 with proxy._lock:
-                    proxy.holding.append(key or BULK_DELETE)
+                    proxy.holding.append(held)
                 time.sleep(hold_s)
                 with contextlib.suppress(OSError):  # the sender has gone
                     self._forward(body)
                 with proxy._lock:
-                    proxy.late_landed.append(key or BULK_DELETE)
+                    proxy.late_landed.append(held)
 
             def _forward(self, body: bytes) -> None:
                 headers = {

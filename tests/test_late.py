@@ -122,13 +122,18 @@ V1 = b"#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2,\nseg0.ts\n"
 V2 = V1 + b"#EXTINF:2,\nseg1.ts\n"
 
 
-def _v1_lands_over_v2(relay: Relay, proxy: FaultProxy, stored: Stored) -> None:
-    """v1's first try is held; the retry stores v1, then v2 is stored, and
-    then the held try lands over v2."""
+def _put_v1_held(relay: Relay, proxy: FaultProxy) -> None:
+    """v1 with its segments (and v2's), v1's first try held by the proxy."""
     _put(relay, "late/seg0.ts", b"0" * 1000)
     _put(relay, "late/seg1.ts", b"1" * 1000)
     proxy.hold_first_put(KEY, HOLD_S)
     _put(relay, "late/index.m3u8", V1)
+
+
+def _v1_lands_over_v2(relay: Relay, proxy: FaultProxy, stored: Stored) -> None:
+    """v1's first try is held; the retry stores v1, then v2 is stored, and
+    then the held try lands over v2."""
+    _put_v1_held(relay, proxy)
     _wait("v1 stored by the retry", lambda: stored(KEY) == V1)
     _put(relay, "late/index.m3u8", V2)
     _wait("v2 stored", lambda: stored(KEY) == V2)
@@ -229,10 +234,7 @@ def test_a_new_publish_a_late_clean_up_deletes_gets_its_playlist_back(
 def test_a_try_left_by_a_crashed_run_is_written_over_after_the_replay(
     relay: Relay, proxy: FaultProxy, stored: Stored
 ) -> None:
-    _put(relay, "late/seg0.ts", b"0" * 1000)
-    _put(relay, "late/seg1.ts", b"1" * 1000)
-    proxy.hold_first_put(KEY, HOLD_S)
-    _put(relay, "late/index.m3u8", V1)  # spooled; its first try is held
+    _put_v1_held(relay, proxy)  # spooled; its first try is held
     _wait("the first try held", lambda: proxy.holding == [KEY])
     relay.kill()
     relay.start()  # the replay stores v1 again, straight through
@@ -250,9 +252,7 @@ def test_a_try_left_by_a_crashed_run_is_written_over_after_the_replay(
 def test_a_late_try_of_the_last_version_itself_is_left_alone(
     relay: Relay, proxy: FaultProxy, stored: Stored
 ) -> None:
-    _put(relay, "late/seg0.ts", b"0" * 1000)
-    proxy.hold_first_put(KEY, HOLD_S)
-    _put(relay, "late/index.m3u8", V1)
+    _put_v1_held(relay, proxy)
     _wait("the held try passed on", lambda: proxy.late_landed == [KEY])
     assert stored(KEY) == V1
     time.sleep(settle_s(1) - HOLD_S + 2)  # past the settle time
