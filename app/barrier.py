@@ -75,7 +75,7 @@ class Published:
     line_end: bool
 
 
-class _Bounded(OrderedDict[str, None]):
+class BoundedKeys(OrderedDict[str, None]):
     """An insertion-ordered set that forgets its oldest keys past a size."""
 
     def __init__(self, capacity: int) -> None:
@@ -106,8 +106,8 @@ class SegmentBarrier:
         self._ops: dict[int, Operation] = {}
         self._queues: dict[str, deque[Operation]] = {}
         self._published: dict[str, Published] = {}
-        self._stored = _Bounded(memory_keys)
-        self._absent = _Bounded(memory_keys)
+        self._stored = BoundedKeys(memory_keys)
+        self._absent = BoundedKeys(memory_keys)
         self._lookups_wanted: set[str] = set()
         self._lookups_running: set[str] = set()
         self._waiters: dict[str, set[int]] = {}

@@ -110,6 +110,25 @@ def resolve_reference(playlist_path: str, uri: str) -> str | None:
     None means the relay cannot wait for it: an absolute or root-relative URL,
     a path that climbs out of the application, or one that is not an upload path.
     """
+    segments = _relative_segments(uri)
+    if segments is None:
+        return None
+    parts = _join(playlist_path, segments)
+    if parts is None:
+        return None
+    resolved = "/".join(parts)
+    return resolved if is_valid_upload_path(resolved) else None
+
+
+def is_outside_application(playlist_path: str, uri: str) -> bool:
+    """Whether ``uri`` is a relative path that climbs above the application's
+    folder (``../../x.ts`` from ``live_0/index.m3u8``): no upload can store it.
+    """
+    segments = _relative_segments(uri)
+    return segments is not None and _join(playlist_path, segments) is None
+
+
+def _relative_segments(uri: str) -> list[str] | None:
     # RFC 3986 3.4 and 3.5: the query and fragment never name another file.
     path = uri.partition("#")[0].partition("?")[0]
 
@@ -122,8 +141,12 @@ def resolve_reference(playlist_path: str, uri: str) -> str | None:
     # A last segment of '.' or '..' names a folder, not a file (RFC 3986 5.2.4).
     if segments is None or segments[-1] in (".", ".."):
         return None
+    return segments
 
-    # RFC 8216 4.1: relative URIs resolve against the playlist's own URI.
+
+def _join(playlist_path: str, segments: list[str]) -> list[str] | None:
+    # RFC 8216 4.1: relative URIs resolve against the playlist's own URI. None
+    # when a '..' climbs above the application's folder.
     parts = playlist_path.split("/")[:-1]
     for segment in segments:
         if segment == "..":
@@ -132,8 +155,7 @@ def resolve_reference(playlist_path: str, uri: str) -> str | None:
             parts.pop()
         elif segment != ".":
             parts.append(segment)
-    resolved = "/".join(parts)
-    return resolved if is_valid_upload_path(resolved) else None
+    return parts
 
 
 def is_valid_upload_path(path: str) -> bool:

@@ -26,7 +26,7 @@ import anyio
 import anyio.to_thread
 
 from app import logs, playlist
-from app.barrier import Operation, PlaylistVersion, SegmentBarrier
+from app.barrier import BoundedKeys, Operation, PlaylistVersion, SegmentBarrier
 from app.config import Settings
 from app.errors import (
     BodyTooLarge,
@@ -55,6 +55,9 @@ WRITE_SLICE = 256 * 1024
 # Threads for spool I/O, which mostly wait on fsync. 64 instead of 16 moved
 # nothing at 75 streams (two pairs of runs: the same CPU, p99 no better).
 SPOOL_WRITERS = 16
+# Playlist keys remembered as already warned of a reference outside their
+# application; past this many, the least recently seen may be warned of again.
+WARNED_PLAYLISTS = 10_000
 BACKOFF_BASE_S = 0.2
 BACKOFF_CAP_S = 30.0
 # One failed call is not an outage (C02: a provider that refuses the first
@@ -126,6 +129,8 @@ class Uploader:
         self._maybe_orphaned: set[int] = set()
         # When each playlist version was spooled, for the barrier-wait metric.
         self._queued_at: dict[int, float] = {}
+        # Playlists already warned of naming a file outside their application.
+        self._warned_outside = BoundedKeys(WARNED_PLAYLISTS)
         self._tasks: set[asyncio.Task[None]] = set()
         # The tasks of requests whose bodies are being received.
         self._receiving: set[asyncio.Task[Any]] = set()
@@ -648,6 +653,8 @@ class Uploader:
             ref_path = playlist.resolve_reference(path, uri)
             if ref_path is not None:
                 refs.add(self.settings.key_for(app, ref_path))
+            elif playlist.is_outside_application(path, uri):
+                self._warn_outside(key, uri)
         extends = start > 0
         if extends and isinstance(base, PlaylistVersion):
             # It follows a version still waiting, which it may supersede:
@@ -661,6 +668,19 @@ class Uploader:
             digest=hasher.digest(),
             line_end=data.endswith((b"\n", b"\r")),
         )
+
+    def _warn_outside(self, key: str, uri: str) -> None:
+        # A live playlist names it again in every version, every few seconds:
+        # one line per playlist key is enough for an operator to hear of it.
+        warned = key in self._warned_outside
+        self._warned_outside.add(key)  # seen again: the last to be forgotten
+        if not warned:
+            log.warning(
+                "playlist names a file outside its application, not waited for "
+                "key=%s reference=%r",
+                key,
+                uri,
+            )
 
     def _watch_ack(self, seq: int) -> asyncio.Future[None] | None:
         if self.settings.ack != "upload":

@@ -12,6 +12,12 @@ from urllib.parse import urlsplit
 
 from botocore.awsrequest import AWSPreparedRequest, AWSResponse
 
+from app.config import Settings
+from app.metrics import Metrics
+from app.spool import Spool
+from app.storage import S3Storage, build_client
+from app.uploader import Uploader
+
 
 @dataclass(frozen=True)
 class Sent:
@@ -96,6 +102,17 @@ class ScriptedS3:
         found = [s for s in self.sent if s.method == method]
         assert len(found) == 1, [(s.method, s.url) for s in self.sent]
         return found[0]
+
+
+def scripted_uploader(
+    settings: Settings, answer: Callable[[Sent], Reply] = ok
+) -> tuple[Uploader, ScriptedS3]:
+    """An uploader whose S3 is a ScriptedS3, with the spool ``settings`` name."""
+    client = build_client(settings)
+    script = ScriptedS3(client, answer)
+    storage = S3Storage(settings, client=client)
+    spool = Spool(settings.spool_dir, settings.spool_max_bytes)
+    return Uploader(settings, spool, storage, Metrics()), script
 
 
 def _text(value: str | bytes) -> str:

@@ -13,14 +13,17 @@ import logging
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 from conftest import REPO_ROOT, Relay, RelayFactory, free_port, make_settings
+from s3script import ScriptedS3, scripted_uploader
 
 from app import logs
+from app import uploader as uploader_module
 from app.cli import setup_logging
 from app.config import Settings
 from app.locals3 import LocalS3
@@ -33,6 +36,8 @@ from app.logs import (
     split_message,
 )
 from app.main import create_app
+from app.paths import parse_upload
+from app.uploader import Uploader
 
 S3_SECRET = "s3-Secret/Key+With=Signs"
 TOKENS = ("tok-one-4d2a91f0", "tok-two-77be0c13")
@@ -353,6 +358,95 @@ async def test_access_log_levels_follow_what_the_operator_must_do(
     ]
     levels = [r.levelname for r in caplog.records if r.name == "app.access"]
     assert levels == ["DEBUG", "WARNING", "INFO"]
+
+
+# -- warnings about streams ------------------------------------------------------
+
+
+def _scripted_uploader(tmp_path: Path) -> tuple[Uploader, ScriptedS3]:
+    # Long enough a wait that a playlist held for a reference fails the test.
+    settings = Settings(
+        spool_dir=tmp_path,
+        s3_bucket="live-bucket",
+        s3_endpoint="http://127.0.0.1:9",
+        s3_access_key="k",
+        s3_secret_key="s",
+        segment_wait_s=60,
+    )
+    return scripted_uploader(settings)
+
+
+async def _put(uploader: Uploader, path: str, data: bytes) -> None:
+    async def body() -> AsyncIterator[bytes]:
+        yield data
+
+    raw = f"/LiveApp/hls-upload/{path}".encode()
+    upload = parse_upload("LiveApp", path, raw, ["ts", "m3u8"])
+    await uploader.receive_put(upload, body(), 1 << 20)
+
+
+def _outside_playlist(n: int, outside: str) -> bytes:
+    # A live window: each version names the same file outside the application.
+    return (
+        f"#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:{n}\n"
+        f"#EXTINF:2.0,\n{outside}\n#EXTINF:2.0,\nseg{n}.ts\n"
+        "#EXTINF:2.0,\nhttps://cdn.example.com/ad.ts\n"
+    ).encode()
+
+
+@pytest.mark.anyio
+async def test_playlist_naming_a_file_outside_its_application_is_warned_of_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    uploader, s3 = _scripted_uploader(tmp_path)
+    last = {
+        "a/index.m3u8": _outside_playlist(2, "../../x.ts"),
+        "c/index.m3u8": _outside_playlist(0, "../../../other/x.ts"),
+    }
+    await uploader.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="app.uploader"):
+            for n in range(3):
+                await _put(uploader, f"a/seg{n}.ts", b"ts")
+                await _put(uploader, "a/index.m3u8", _outside_playlist(n, "../../x.ts"))
+            await _put(uploader, "c/seg0.ts", b"ts")
+            await _put(uploader, "c/index.m3u8", last["c/index.m3u8"])
+
+            # Published, and not held for what they name outside.
+            with anyio.fail_after(10):
+                while not set(last.values()) <= {s.body for s in s3.sent}:
+                    await anyio.sleep(0.01)
+    finally:
+        await uploader.stop(grace_s=5)
+
+    warnings = [r.getMessage() for r in caplog.records if "outside" in r.getMessage()]
+    assert warnings == [
+        "playlist names a file outside its application, not waited for "
+        "key=streams/a/index.m3u8 reference='../../x.ts'",
+        "playlist names a file outside its application, not waited for "
+        "key=streams/c/index.m3u8 reference='../../../other/x.ts'",
+    ]
+
+
+@pytest.mark.anyio
+async def test_playlists_warned_of_are_remembered_up_to_a_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(uploader_module, "WARNED_PLAYLISTS", 2)
+    uploader, _ = _scripted_uploader(tmp_path)
+    await uploader.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="app.uploader"):
+            for n, name in enumerate("abca"):
+                data = _outside_playlist(n, "../../x.ts")
+                await _put(uploader, f"{name}/index.m3u8", data)
+    finally:
+        await uploader.stop(grace_s=5)
+
+    # "a" was the least recently seen of three: forgotten, then warned of again.
+    warned = [r.args[0] for r in caplog.records if "outside" in r.getMessage()]
+    assert warned == [f"streams/{name}/index.m3u8" for name in "abca"]
+    assert len(uploader._warned_outside) == 2
 
 
 # -- real relays -----------------------------------------------------------------

@@ -9,6 +9,7 @@ from app.playlist import (
     PlaylistInfo,
     decode_playlist,
     extract_references,
+    is_outside_application,
     is_valid_upload_path,
     parse_playlist,
     resolve_reference,
@@ -482,6 +483,44 @@ def test_resolve_reference_longest_valid_path_is_kept() -> None:
     uri = "x" * 509 + ".ts"
     assert resolve_reference("index.m3u8", uri) == uri
     assert resolve_reference("live_0/index.m3u8", uri[7:]) == "live_0/" + uri[7:]
+
+
+# is_outside_application
+
+
+@pytest.mark.parametrize(
+    ("playlist_path", "uri"),
+    [
+        ("index.m3u8", "../x.ts"),
+        ("live_0/index.m3u8", "../../x.ts"),
+        ("live_0/index.m3u8", "../../../other/x.ts"),
+        ("live_0/index.m3u8", "a/../../../x.ts?token=a"),
+        ("index.m3u8", "%2E%2E/x.ts"),
+    ],
+)
+def test_is_outside_application_climbing_above_it_is_true(
+    playlist_path: str, uri: str
+) -> None:
+    assert is_outside_application(playlist_path, uri)
+
+
+@pytest.mark.parametrize(
+    ("playlist_path", "uri"),
+    [
+        ("live_0/index.m3u8", "seg1.ts"),
+        ("live_0/index.m3u8", "../init.mp4"),
+        ("a/b/index.m3u8", "../../x.ts"),
+        ("live_0/index.m3u8", "https://cdn.example.com/seg1.ts"),
+        ("live_0/index.m3u8", "/abs/seg1.ts"),
+        ("live_0/index.m3u8", "../../seg 1.ts"),
+        ("live_0/index.m3u8", "../.."),
+        ("live_0/index.m3u8", "seg1.ts?a=1/../../x"),
+    ],
+)
+def test_is_outside_application_other_uri_is_false(
+    playlist_path: str, uri: str
+) -> None:
+    assert not is_outside_application(playlist_path, uri)
 
 
 # is_valid_upload_path

@@ -11,20 +11,17 @@ from pathlib import Path
 import anyio
 import pytest
 from pydantic import ValidationError
-from s3script import Reply, ScriptedS3, Sent, error, ok
+from s3script import Reply, Sent, error, ok, scripted_uploader
 
 import app.readiness
 from app.config import Settings
-from app.metrics import Metrics
 from app.paths import parse_upload
 from app.readiness import Readiness
 from app.shutdown import ShutdownClock, graceful_timeout
 from app.spool import Spool
-from app.storage import S3Storage, build_client
 from app.uploader import (
     BACKOFF_CAP_S,
     STORAGE_DOWN_AFTER_S,
-    Uploader,
     backoff_delay,
 )
 
@@ -49,16 +46,6 @@ def make_settings(tmp_path: Path, **overrides: object) -> Settings:
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
-
-
-def scripted_uploader(
-    settings: Settings, answer: object = ok
-) -> tuple[Uploader, ScriptedS3]:
-    client = build_client(settings)
-    script = ScriptedS3(client, answer)  # type: ignore[arg-type]
-    storage = S3Storage(settings, client=client)
-    spool = Spool(settings.spool_dir, settings.spool_max_bytes)
-    return Uploader(settings, spool, storage, Metrics()), script
 
 
 # -- the grace period --------------------------------------------------------
