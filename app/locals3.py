@@ -66,6 +66,12 @@ _PORT_FLAGS = (
 # advertised URL); an operator's shell must not change what the tests get.
 _WEED_ENV_DROPPED = ("S3_BUCKET", "S3_TABLE_BUCKET", "S3_EXTERNAL_URL")
 
+# `weed mini` keeps its master's state (raft log, snapshots) in a folder named
+# after the master's port, m<port>. The port is new at every start, so nothing
+# reads the folder of an earlier start again; the objects live elsewhere in the
+# data folder (volume files, the filer's store) and are kept.
+_MASTER_STATE = re.compile(r"m[0-9]{1,5}")
+
 _START_ATTEMPTS = 3
 _POLL_S = 0.05
 
@@ -222,6 +228,7 @@ class LocalS3:
                     self._proc.pid,
                     time.monotonic() - started,
                 )
+                self._prune_master_state()
                 return self
             code = self._proc.returncode
             self._forget_process()
@@ -384,6 +391,25 @@ class LocalS3:
             f"within {self.start_timeout_s:g} s (last error: {last_error}); "
             f"see {self.log_path}"
         )
+
+    def _prune_master_state(self) -> None:
+        """Remove the master folders of earlier starts (and failed attempts).
+
+        Only once this one answers: weed locks its filer store, so another weed
+        on the same folder exits during start-up, and none of these is in use.
+        """
+        current = f"m{self._ports['master.port']}"
+        removed = 0
+        for path in self.data_dir.iterdir():
+            if path.name == current or not _MASTER_STATE.fullmatch(path.name):
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+                removed += 1
+        if removed:
+            log.info(
+                "local s3 removed master state of earlier starts count=%d", removed
+            )
 
     def _forget_process(self) -> None:
         # weed leaves some unix sockets named after its ports in /tmp; they are

@@ -7,6 +7,7 @@ import contextlib
 import datetime
 import json
 import os
+import re
 import shlex
 import signal
 import socket
@@ -363,6 +364,40 @@ def test_a_local_s3_takes_the_port_asked_for_while_it_is_free(
     with LocalS3(tmp_path / "taken", s3_port=local_s3.port) as taken:
         assert taken.port != local_s3.port
         taken.create_bucket("moved")
+
+
+def _master_folders(data: Path) -> list[str]:
+    return sorted(p.name for p in data.iterdir() if re.fullmatch(r"m[0-9]+", p.name))
+
+
+def test_a_local_s3_keeps_its_objects_but_not_the_master_folders_of_earlier_starts(
+    tmp_path: Path,
+) -> None:
+    # weed names its master's folder after the master's port, new at every
+    # start: `make run` left one more .local/s3/m<port> each time.
+    data = tmp_path / "s3"
+    with LocalS3(data) as first:
+        first.create_bucket("kept")
+        first.client().put_object(Bucket="kept", Key="k", Body=b"kept")
+        in_use = f"m{first._ports['master.port']}"
+        # A second one on the folder in use fails and removes nothing.
+        with pytest.raises(locals3.LocalS3Error):
+            LocalS3(data, start_timeout_s=10).start()
+        assert in_use in _master_folders(data)
+        assert first.client().get_object(Bucket="kept", Key="k")["Body"].read()
+    assert len(_master_folders(data)) > 1  # the failed attempts left theirs
+
+    # What only looks like weed's is left alone.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (data / "m2").symlink_to(elsewhere)
+    (data / "m1x").mkdir()
+    with LocalS3(data) as second:
+        current = f"m{second._ports['master.port']}"
+        assert _master_folders(data) == sorted([current, "m2"])
+        kept = second.client().get_object(Bucket="kept", Key="k")["Body"].read()
+    assert kept == b"kept"
+    assert elsewhere.is_dir() and (data / "m1x").is_dir()
 
 
 def test_make_run_keeps_its_s3_port_and_secret_for_the_next_run(
