@@ -65,8 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--stream-arms",
-        default="direct,relay",
-        help="which uploaders the streams section runs (direct,relay)",
+        default="direct,relay,floor",
+        help="which uploaders the streams section runs (direct,relay,floor; "
+        "the floor is the least a relay could spend, bench/floor.py)",
     )
     parser.add_argument(
         "--ceiling-seconds", type=float, help="how long each ceiling run lasts"

@@ -15,7 +15,7 @@ from app.config import Settings
 from app.locals3 import REGION, LocalS3
 from app.storage import build_client
 from bench.events import BucketEvents
-from bench.procs import RelayProcess, load_average
+from bench.procs import FloorProcess, RelayProcess, load_average
 from bench.profile import Profiler
 
 if TYPE_CHECKING:
@@ -82,10 +82,12 @@ class Bench:
 
     @contextlib.contextmanager
     def relay(
-        self, name: str, env: Mapping[str, str] | None = None
+        self, name: str, env: Mapping[str, str] | None = None, *, floor: bool = False
     ) -> Iterator[RelayProcess]:
+        """A relay, or with ``floor`` the least one could spend (bench/floor.py)."""
         merged = {**self.relay_env, **(env or {})}
-        relay = RelayProcess(name, self.s3, self.bucket, self.work_dir, merged)
+        kind = FloorProcess if floor else RelayProcess
+        relay = kind(name, self.s3, self.bucket, self.work_dir, merged)
         relay.start()
         try:
             yield relay

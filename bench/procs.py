@@ -187,6 +187,8 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float) -> boo
 class RelayProcess:
     """``python -m app serve`` against a bucket of a LocalS3, with extra env."""
 
+    command = ("-m", "app", "serve", "--host", "127.0.0.1")
+
     def __init__(
         self,
         name: str,
@@ -227,7 +229,7 @@ class RelayProcess:
 
     def start(self) -> RelayProcess:
         self.spool_dir.mkdir(parents=True, exist_ok=True)
-        args = [sys.executable, "-m", "app", "serve", "--host", "127.0.0.1"]
+        args = [sys.executable, *self.command]
         with self.log_path.open("ab") as log_file:
             self._proc = subprocess.Popen(
                 args,
@@ -306,6 +308,18 @@ class RelayProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class FloorProcess(RelayProcess):
+    """``python -m bench.floor``: the least a relay can spend (bench/floor.py)."""
+
+    command = ("-m", "bench.floor")
+
+    def spool_entries(self) -> int:
+        try:
+            return sum(1 for _ in (self.spool_dir / "entries").iterdir())
+        except OSError:
+            return 0
 
 
 NGINX_CANDIDATES = ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx")

@@ -5,7 +5,8 @@ falls on every arm alike: a direct boto3 ``put_object`` from a warmed client
 built as the relay builds the one it streams these bodies with (the limit),
 a PUT to a relay with ``HLSRELAY_ACK=upload`` (answered once S3 has it), and
 a PUT to a relay in the default spool mode (answered once it is fsynced;
-visible once the filer reports it).
+visible once the filer reports it), and a PUT to the floor (bench/floor.py,
+the least a relay could spend) in upload mode.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from bench.events import md5_b64
 from bench.stats import ratio, summarize_ms
 
 SIZES = {"100KiB": 100 * 1024, "1MiB": 1024 * 1024, "5MiB": 5 * 1024 * 1024}
-ARMS = ("direct", "upload", "spool")
+ARMS = ("direct", "upload", "spool", "floor")
 CONTENT_TYPE = "video/mp2t"
 # What the relay sends for a segment with the default settings, so the
 # direct put carries the same headers.
@@ -36,16 +37,28 @@ def run(bench: Bench, rounds: int, warmup: int) -> dict[str, Any]:
     client = bench.direct_client(streamed=True)
     client.head_bucket(Bucket=bench.bucket)  # warm: connection and signer
     samples: dict[str, dict[str, list[float]]] = {
-        size: {"direct": [], "upload": [], "spool_ack": [], "spool_visible": []}
+        size: {
+            "direct": [],
+            "upload": [],
+            "spool_ack": [],
+            "spool_visible": [],
+            "floor": [],
+        }
         for size in SIZES
     }
     failures: list[str] = []
     with (
         bench.relay("publish-upload", {"HLSRELAY_ACK": "upload"}) as upload_relay,
         bench.relay("publish-spool") as spool_relay,
+        bench.relay(
+            "publish-floor", {"HLSRELAY_ACK": "upload"}, floor=True
+        ) as floor_relay,
     ):
-        upload_http = BlockingClient(upload_relay.port)
-        spool_http = BlockingClient(spool_relay.port)
+        https = {
+            "upload": BlockingClient(upload_relay.port),
+            "spool": BlockingClient(spool_relay.port),
+            "floor": BlockingClient(floor_relay.port),
+        }
         for size_name, size in SIZES.items():
             body = os.urandom(size)
             md5 = md5_b64(body)
@@ -69,7 +82,7 @@ def run(bench: Bench, rounds: int, warmup: int) -> dict[str, Any]:
                             if keep:
                                 timed["direct"].append(elapsed)
                             continue
-                        http = upload_http if arm == "upload" else spool_http
+                        http = https[arm]
                         head = request_head(
                             "PUT", f"/LiveApp/hls-upload/{path}", http.port, size
                         )
@@ -80,9 +93,9 @@ def run(bench: Bench, rounds: int, warmup: int) -> dict[str, Any]:
                         if answer.status != 201:
                             failures.append(f"{arm} {path}: HTTP {answer.status}")
                             continue
-                        if arm == "upload":
+                        if arm in ("upload", "floor"):
                             if keep:
-                                timed["upload"].append(elapsed)
+                                timed[arm].append(elapsed)
                             continue
                         # The next round must not share the machine with this
                         # body's upload: wait until the bucket has it.
@@ -94,8 +107,8 @@ def run(bench: Bench, rounds: int, warmup: int) -> dict[str, Any]:
                         elif keep:
                             timed["spool_ack"].append(elapsed)
                             timed["spool_visible"].append((seen - wall_ns) / 1e9)
-        upload_http.close()
-        spool_http.close()
+        for http in https.values():
+            http.close()
 
     result: dict[str, Any] = {"rounds": rounds, "warmup": warmup, "sizes": {}}
     for size_name, timed in samples.items():
@@ -105,6 +118,9 @@ def run(bench: Bench, rounds: int, warmup: int) -> dict[str, Any]:
         direct, upload = summary["direct"], summary["upload"]
         summary["ratio_upload_direct_p50"] = ratio(upload["p50_ms"], direct["p50_ms"])
         summary["ratio_upload_direct_p99"] = ratio(upload["p99_ms"], direct["p99_ms"])
+        floor = summary["floor"]
+        summary["ratio_floor_direct_p50"] = ratio(floor["p50_ms"], direct["p50_ms"])
+        summary["ratio_floor_direct_p99"] = ratio(floor["p99_ms"], direct["p99_ms"])
         summary["ratio_spool_visible_direct_p50"] = ratio(
             summary["spool_visible"]["p50_ms"], direct["p50_ms"]
         )

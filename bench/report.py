@@ -50,10 +50,13 @@ def targets(document: dict[str, Any]) -> list[dict[str, Any]]:
     direct_n = _get(document, "streams", "direct", "max_streams_p99_under_1s")
     if _get(document, "streams", "direct", "limit_not_reached"):
         direct_n = f"{direct_n} or more"
+    counts = f"relay {relay_n}, direct {direct_n}"
+    floor_n = _get(document, "streams", "floor", "max_streams_p99_under_1s")
+    if floor_n is not None:
+        counts += f", floor {floor_n}"
     found.append(
         _target("streams with p99 < 1 s, relay/direct", streams, ">= 0.8",
-                None if streams is None else streams >= 0.8,
-                f"relay {relay_n}, direct {direct_n}")
+                None if streams is None else streams >= 0.8, counts)
     )  # fmt: skip
     ceiling = _get(document, "ceiling", "sizes", "1MiB", "ratio_relay_nginx_1w")
     found.append(
@@ -106,19 +109,31 @@ def _publish_rows(document: dict[str, Any]) -> list[Row]:
                 f"visible {_tail(data['spool_visible'])}",
             )
         )
+        if data.get("floor"):
+            p50 = _fmt(data["ratio_floor_direct_p50"])
+            p99 = _fmt(data["ratio_floor_direct_p99"])
+            rows.append(
+                (
+                    f"publish {size} floor",
+                    "",
+                    f"floor upload {_tail(data['floor'])}",
+                    f"ratio p50 {p50} p99 {p99}",
+                    "",
+                )
+            )
     return rows
 
 
 def _stream_rows(document: dict[str, Any]) -> list[Row]:
     rows = []
-    for arm in ("direct", "relay"):
+    for arm in ("direct", "relay", "floor"):
         levels = _get(document, "streams", arm, "levels") or []
         for level in sorted(levels, key=lambda lv: lv["streams"]):
             usage = level.get("relay")
             s3_cores = level.get("s3", {}).get("cores", 0)
             if usage:
                 cost = (
-                    f"relay {usage['cores']:g} cores, "
+                    f"{arm} {usage['cores']:g} cores, "
                     f"{level.get('relay_cpu_ms_per_cycle', '-')} ms CPU/cycle "
                     f"(event loop {level.get('relay_loop_cpu_ms_per_cycle', '-')}), "
                     f"{usage['rss_peak_mib']:g} MiB; S3 {s3_cores:g} cores"

@@ -3,9 +3,10 @@ its playlist, then a DELETE of the segment that left the list, as ffmpeg's
 ``-hls_flags delete_segments`` does.
 
 The same schedule runs once through a relay (default spool mode) and once by
-a direct uploader (a thread per stream putting to S3 itself). What counts is
-the time from the start of a playlist PUT to that version, or a newer one of
-the same playlist, being visible in the bucket.
+a direct uploader (a thread per stream putting to S3 itself); with the
+``floor`` arm, also through the least a relay could spend (bench/floor.py).
+What counts is the time from the start of a playlist PUT to that version,
+or a newer one of the same playlist, being visible in the bucket.
 """
 
 from __future__ import annotations
@@ -257,20 +258,24 @@ def _level(bench: Bench, arm: str, streams: int, seconds: float) -> dict[str, An
     steps = max(2, int(seconds / PERIOD_S))
     load = Load()
     started = loads()
-    if arm == "relay":
-        with bench.relay(f"streams-{streams}") as relay:
+    if arm in ("relay", "floor"):
+        with bench.relay(f"{arm}-{streams}", floor=arm == "floor") as relay:
             with (
-                bench.profiled(f"streams-{streams}", relay.pid),
+                bench.profiled(
+                    f"streams-{streams}" if arm == "relay" else f"{arm}-{streams}",
+                    relay.pid,
+                ),
                 UsageWatch(relay.pid, 0.2) as relay_use,
                 UsageWatch(bench.s3.pid, 0.5) as s3_use,
                 UsageWatch(os.getpid(), 0.5) as own_use,
             ):
                 asyncio.run(
-                    _drive_relay(relay.port, f"relay-{streams}", streams, steps, load)
+                    _drive_relay(relay.port, f"{arm}-{streams}", streams, steps, load)
                 )
             latencies, from_due, superseded = _latencies(bench, load)
             drained = relay.wait_drained(DRAIN_S)
-            relay_metrics = relay.metrics()
+            # The floor keeps no metrics of its own.
+            relay_metrics = relay.metrics() if arm == "relay" else {}
     else:
         with (
             UsageWatch(bench.s3.pid, 0.5) as s3_use,
@@ -351,7 +356,7 @@ def run(
     bench: Bench,
     counts: list[int],
     seconds: float,
-    arms: tuple[str, ...] = ("direct", "relay"),
+    arms: tuple[str, ...] = ("direct", "relay", "floor"),
 ) -> dict[str, Any]:
     started = loads()
     result: dict[str, Any] = {
@@ -380,11 +385,12 @@ def run(
             "limit_not_reached": bool(done) and all(lv["passed"] for lv in done),
         }
     direct_max = result.get("direct", {}).get("max_streams_p99_under_1s")
-    relay_max = result.get("relay", {}).get("max_streams_p99_under_1s")
-    result["ratio_relay_direct"] = (
-        round(relay_max / direct_max, 3)
-        if direct_max and relay_max is not None
-        else None
-    )
+    for arm in ("relay", "floor"):
+        arm_max = result.get(arm, {}).get("max_streams_p99_under_1s")
+        result[f"ratio_{arm}_direct"] = (
+            round(arm_max / direct_max, 3)
+            if direct_max and arm_max is not None
+            else None
+        )
     result["load_start"], result["load_end"] = started, loads()
     return result

@@ -88,14 +88,17 @@ def test_bench_quick_run_measures_real_latencies(quick_run: dict[str, object]) -
     assert isinstance(sections, dict)
     for size in ("100KiB", "1MiB", "5MiB"):
         data = sections["publish"]["sizes"][size]
-        for arm in ("direct", "upload", "spool_ack", "spool_visible"):
+        for arm in ("direct", "upload", "spool_ack", "spool_visible", "floor"):
             assert data[arm]["n"] == 2, (size, arm)
             assert _positive(data[arm]["p50_ms"]), (size, arm, data[arm])
-    for arm in ("direct", "relay"):
+    for arm in ("direct", "relay", "floor"):
         levels = sections["streams"][arm]["levels"]
         assert levels and all(level["versions"] > 0 for level in levels)
-        assert all(_positive(level["latency"]["p50_ms"]) for level in levels)
-    for level in sections["streams"]["relay"]["levels"]:
+        # A version never seen in the bucket counts as an infinite latency.
+        assert all(_positive(level["latency"]["p99_ms"]) for level in levels)
+    for level in (
+        sections["streams"]["relay"]["levels"] + sections["streams"]["floor"]["levels"]
+    ):
         total, loop = (
             level["relay_cpu_ms_per_cycle"],
             level["relay_loop_cpu_ms_per_cycle"],
