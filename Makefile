@@ -51,7 +51,7 @@ play: $(RUN_STAMP)
 	$(BIN)/python -m app.locals3 demo --play
 
 # The relay against a direct S3 upload and nginx dav (docs/benchmarks.md);
-# about 8 minutes. `make bench BENCH_ARGS=--quick` checks it in one.
+# about 13 minutes. `make bench BENCH_ARGS=--quick` checks it in one.
 BENCH_ARGS ?=
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)

@@ -1,6 +1,6 @@
 """``python -m bench`` (``make bench``): run every section, print, write results.
 
-A full run takes 7 to 8 minutes on the 2-core machine; ``--quick`` runs
+A full run takes about 13 minutes on the 2-core machine; ``--quick`` runs
 every section with few rounds and small sizes in about a minute, to check
 the benchmark itself, and leaves docs/benchmarks.md alone.
 """
