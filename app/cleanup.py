@@ -72,11 +72,20 @@ RECORDS_DIR = "cleanups"
 RECORD_MAX_BYTES = 1024 * 1024
 # A wait longer than this (a week) in a record is not one the relay set.
 RECORD_MAX_WAIT_S = 7 * 86400.0
-# After a restart, what S3 wrote more than this after the notice (its
-# LastModified is to the second) belongs to a newer publish and is kept. So
-# the record needs only the keys PUT right after the notice, and stops being
-# written again once this long has passed.
-MODIFIED_SLACK_S = 1.0
+# Nor is a notice whose S3 time is further than this (a day) from the relay's:
+# AWS refuses requests signed by a clock 15 minutes off.
+RECORD_MAX_SKEW_S = 86400.0
+# After a restart, what S3 wrote more than MODIFIED_SLACK_S after the notice
+# belongs to a newer publish and is kept, both times by S3's clock. The
+# notice's S3 time comes from a Date header (S3Clock in app/storage.py): it
+# is early by less than a second (Date drops the fraction) plus the answer's
+# transit, never late. The ended stream's files, written by the notice, thus
+# have a LastModified at most that past it: the slack's second covers the
+# dropped fraction, its half second the transit. What S3 writes within 2.5 s
+# of the notice may look older (LastModified is to the second too): the
+# record lists the keys PUT in the PROTECT_RECORD_S after the notice, and
+# stops being written again then.
+MODIFIED_SLACK_S = 1.5
 PROTECT_RECORD_S = 10.0
 # Keys of up to 512 characters: the record stays well under its read limit.
 PROTECT_RECORD_MAX_KEYS = 1_000
@@ -105,6 +114,9 @@ class _Job:
     prefix: str
     record: Path
     noticed_at: float  # wall clock
+    # The notice by S3's clock, to compare with LastModified; None when no
+    # answer from S3 had been seen (and in records from before it was kept).
+    noticed_at_s3: float | None = None
     due_at: float | None = None  # wall clock, once the wait is known
     # Resumed from its record: keys S3 wrote since the notice are spared too,
     # whether or not the record had them.
@@ -128,6 +140,7 @@ class _Job:
             "stream_id": self.stream_id,
             "prefix": self.prefix,
             "noticed_at": self.noticed_at,
+            "noticed_at_s3": self.noticed_at_s3,
             "due_at": self.due_at,
             "protected": sorted(self.protected),
         }
@@ -276,6 +289,16 @@ class CleanupScheduler:
                     previous.task.cancel()
                 self._forget(previous)
                 job = self._new_job(stream, stream_id, time.time())
+                job.noticed_at_s3 = self.storage.clock.to_s3(job.noticed_at)
+                if job.noticed_at_s3 is None:
+                    log.warning(
+                        "clean-up notice timed by the relay's clock, S3 has not "
+                        "answered yet stream=%s app=%s; after a restart in the "
+                        "wait, what S3 wrote since is told apart only if the "
+                        "two clocks agree",
+                        stream_id,
+                        stream.app,
+                    )
                 self._register(job)
                 await self._save(job)
                 if previous is not None and not previous.fed:
@@ -547,12 +570,20 @@ class CleanupScheduler:
             raise ValueError("its notice is in the future")
         if due_at is not None and not 0 <= due_at - noticed_at <= RECORD_MAX_WAIT_S:
             raise ValueError("its wait is not one the relay sets")
+        # Absent from records written before S3's time was kept.
+        at_s3 = record.get("noticed_at_s3")
+        noticed_at_s3 = None if at_s3 is None else _number(at_s3)
+        if at_s3 is not None and (
+            noticed_at_s3 is None or abs(noticed_at_s3 - noticed_at) > RECORD_MAX_SKEW_S
+        ):
+            raise ValueError("noticed_at_s3 must be a number near noticed_at")
         protected = record.get("protected")
         if not isinstance(protected, list) or not all(
             isinstance(key, str) for key in protected
         ):
             raise ValueError("protected must be a list of keys")
         job = self._new_job(stream, stream_id, noticed_at, record=path)
+        job.noticed_at_s3 = noticed_at_s3
         job.due_at = due_at
         job.protected = set(protected)
         job.resumed = True
@@ -584,9 +615,12 @@ class CleanupScheduler:
                 key for key, _ in listed if posixpath.dirname(key) == job.key_folder
             ]
             if job.resumed:
-                # Written more than a second after the notice: a newer publish,
-                # whether or not its keys reached the record before the stop.
-                since = job.noticed_at + MODIFIED_SLACK_S
+                # Written by S3 after the notice: a newer publish, whether or
+                # not its keys reached the record before the stop.
+                noticed = job.noticed_at_s3
+                if noticed is None:
+                    noticed = job.noticed_at  # the relay's clock, as it was
+                since = noticed + MODIFIED_SLACK_S
                 job.protected |= {key for key, at in listed if at > since}
             references = await self._read_playlists(job, set(keys))
             # No await from here until receive_deletes has taken its sequence

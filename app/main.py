@@ -59,7 +59,8 @@ class RelayApp(FastAPI):
 def create_app(settings: Settings, storage: S3Storage | None = None) -> FastAPI:
     # Probes use their own short timeouts, unless a test hands in a storage.
     probe = probe_storage(settings) if storage is None else storage
-    storage = storage or S3Storage(settings)
+    # Their answers keep the clean-up's view of S3's clock current.
+    storage = storage or S3Storage(settings, clock=probe.clock)
     metrics = Metrics()
     spool = Spool(
         settings.spool_dir,

@@ -8,10 +8,13 @@ here, so the rest of the relay never imports botocore.
 from __future__ import annotations
 
 import base64
+import datetime
 import hashlib
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
@@ -350,13 +353,57 @@ def _final(detail: str, code: str, message: str = "") -> StorageError:
     return StorageError(f"{detail}; fix: {fix}" if fix else detail, code=code)
 
 
+class S3Clock:
+    """S3's clock against the relay's, from the Date header of S3's answers.
+
+    S3 stamps LastModified by its own clock, which may run ahead of or behind
+    the relay's; a time taken here is compared with it only through this.
+    """
+
+    def __init__(self) -> None:
+        # S3's clock minus the relay's, from the latest answer; None until one.
+        self.offset_s: float | None = None
+
+    def watch(self, client: S3Client) -> None:
+        """Learn the offset from every answer ``client`` gets, refusals too."""
+        client.meta.events.register("after-call.s3", self._on_answer)
+
+    def to_s3(self, relay_time: float) -> float | None:
+        """``relay_time`` by S3's clock; None while no answer has been seen.
+
+        Early by less than a second plus the answer's transit, never late:
+        Date drops the fraction of a second, and it was stamped before the
+        answer arrived.
+        """
+        offset = self.offset_s
+        return None if offset is None else relay_time + offset
+
+    def _on_answer(self, parsed: Mapping[str, Any] | None = None, **_: Any) -> None:
+        received_at = time.time()
+        headers = (parsed or {}).get("ResponseMetadata", {}).get("HTTPHeaders", {})
+        try:
+            stamped = parsedate_to_datetime(headers["date"])
+        except (KeyError, TypeError, ValueError):
+            return  # no Date, or not an HTTP date (RFC 9110 5.6.7)
+        if stamped.tzinfo is None:
+            # HTTP dates are in UTC; "-0000", or two Date fields a proxy
+            # joined, parse without a zone.
+            stamped = stamped.replace(tzinfo=datetime.UTC)
+        self.offset_s = stamped.timestamp() - received_at
+
+
 class S3Storage:
     """Blocking S3 calls for the uploader's worker threads."""
 
     # Set once single deletes worked where DeleteObjects was refused.
     bulk_delete_refused = False
 
-    def __init__(self, settings: Settings, client: S3Client | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        client: S3Client | None = None,
+        clock: S3Clock | None = None,
+    ) -> None:
         self.settings = settings
         self.bucket = settings.s3_bucket or ""
         # A streamed-upload client only beside one of our own making: a
@@ -371,6 +418,8 @@ class S3Storage:
                 self.stream_client = build_client(
                     settings, streamed=True, session=session
                 )
+        self.clock = clock or S3Clock()
+        self.clock.watch(self.client)
         self._transfer = TransferConfig(
             multipart_threshold=settings.multipart_threshold_bytes,
             multipart_chunksize=settings.multipart_threshold_bytes,

@@ -4,7 +4,8 @@ Requests pass through unchanged (the Host header too, so SigV4 signatures still
 match) unless a rule says to answer with an S3 error instead: the first tries
 of every PutObject of a key, or everything under a key prefix for a while. Or
 to hold a PutObject a while before passing it on, as a stalling provider
-applies a try long after its sender stopped waiting.
+applies a try long after its sender stopped waiting. Or to answer with the
+times of a provider whose clock is off.
 
 Run alone: python tests/faultproxy.py --upstream http://127.0.0.1:8333 --port P
 """
@@ -13,12 +14,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import http.client
+import re
 import threading
 import time
 import urllib.parse
 from collections import Counter
 from dataclasses import dataclass
+from email.utils import format_datetime, parsedate_to_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from httpbody import read_body
@@ -69,6 +73,7 @@ class FaultProxy:
         self._failing_prefixes: dict[str, tuple[int, str]] = {}
         self._unsigned_refusal: tuple[int, str] | None = None
         self._holds: dict[str, float] = {}
+        self._clock_shift = datetime.timedelta(0)
         self.holding: list[str] = []  # held tries, from when they came
         self.late_landed: list[str] = []  # and once passed on
         self.injected: list[Injected] = []
@@ -125,6 +130,31 @@ class FaultProxy:
             return 0.0
         with self._lock:
             return self._holds.pop(key, 0.0)
+
+    def shift_clock(self, seconds: int) -> None:
+        """Answer as a provider whose clock is ``seconds`` off: Date and
+        Last-Modified headers and the LastModified of listings are moved."""
+        with self._lock:
+            self._clock_shift = datetime.timedelta(seconds=seconds)
+
+    def _shifted(
+        self, headers: dict[str, str], body: bytes
+    ) -> tuple[dict[str, str], bytes]:
+        with self._lock:
+            shift = self._clock_shift
+        if not shift:
+            return headers, body
+        for name, value in headers.items():
+            if name.lower() in ("date", "last-modified"):
+                at = parsedate_to_datetime(value) + shift
+                headers[name] = format_datetime(at, usegmt=True)
+
+        def listed(match: re.Match[bytes]) -> bytes:
+            at = datetime.datetime.fromisoformat(match.group(1).decode()) + shift
+            stamp = at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+            return b"<LastModified>" + stamp.encode() + b"</LastModified>"
+
+        return headers, re.sub(rb"<LastModified>([^<]+)</LastModified>", listed, body)
 
     def clear_prefix(self, prefix: str) -> None:
         with self._lock:
@@ -183,6 +213,13 @@ class FaultProxy:
 
             def log_message(self, format: str, *args: object) -> None:
                 """Quiet: tests read what was recorded, not a log."""
+
+            def date_time_string(self, timestamp: float | None = None) -> str:
+                # The Date header the proxy adds beside the provider's own.
+                with proxy._lock:
+                    shift = proxy._clock_shift.total_seconds()
+                when = time.time() if timestamp is None else timestamp
+                return super().date_time_string(when + shift)
 
             def _body(self) -> bytes:
                 return read_body(self.headers, self.rfile)
@@ -244,6 +281,7 @@ class FaultProxy:
                     upstream.close()
                 with proxy._lock:
                     proxy.forwarded += 1
+                answer, data = proxy._shifted(answer, data)
                 self._answer(response.status, answer, body=data)
 
             def _answer(

@@ -842,15 +842,16 @@ def _ended_stream(
     bucket: str,
     delay_s: float,
     spool_dir: Path | None = None,
+    s3_endpoint: str | None = None,
 ) -> Relay:
     """A relay with clean-up on end, and the stream1 that just ended on it."""
-    relay = relay_factory(
-        spool_dir=spool_dir,
-        extra_env={
-            "HLSRELAY_DELETE_ON_END": "true",
-            "HLSRELAY_DELETE_ON_END_DELAY_S": f"{delay_s:g}",
-        },
-    )
+    env = {
+        "HLSRELAY_DELETE_ON_END": "true",
+        "HLSRELAY_DELETE_ON_END_DELAY_S": f"{delay_s:g}",
+    }
+    if s3_endpoint is not None:
+        env["HLSRELAY_S3_ENDPOINT"] = s3_endpoint
+    relay = relay_factory(spool_dir=spool_dir, extra_env=env)
     for n in (1, 2):
         _put(relay, f"stream1_000{n}.ts", f"old {n}".encode())
     _put(relay, "stream1.m3u8", _playlist("stream1_0001.ts", "stream1_0002.ts"))
@@ -991,6 +992,8 @@ def test_records_not_written_by_the_relay_are_dropped_and_it_starts(
         "number-app.json": _record(app=7),
         "bool-time.json": _record(noticed_at=True),
         "nan-due.json": _record(due_at=float("nan")),
+        "text-s3-time.json": _record(noticed_at_s3="yesterday"),
+        "epoch-s3-time.json": _record(noticed_at_s3=0),
         "forever.json": _record(due_at=1e18),
         "keys-as-text.json": _record(protected="streams/stream1_0002.ts"),
         "huge.json": _record(protected=["streams/x" * 100] * 2000),
@@ -1020,25 +1023,36 @@ def test_records_not_written_by_the_relay_are_dropped_and_it_starts(
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("s3_behind_s", [0, 30], ids=["clocks_agree", "s3_behind"])
 def test_a_resumed_cleanup_spares_what_s3_wrote_after_its_notice(
-    relay_factory: RelayFactory, local_s3: LocalS3, bucket: str
+    relay_factory: RelayFactory, local_s3: LocalS3, bucket: str, s3_behind_s: int
 ) -> None:
     # Keys a record missed (it could not be rewritten, or not removed after
-    # its clean-up) are still a newer publish's when S3 wrote them later.
-    relay = _ended_stream(relay_factory, local_s3, bucket, delay_s=4)
-    assert _crash_after_notice(relay)["protected"] == []
-    time.sleep(2.5)
-    local_s3.client().put_object(
-        Bucket=bucket, Key="streams/stream1_0001.ts", Body=b"new 1"
-    )
+    # its clean-up) are still a newer publish's when S3 wrote them later, by
+    # S3's clock: with it 30 s behind, they are older than the notice by the
+    # relay's.
+    with FaultProxy(local_s3.endpoint) as proxy:
+        proxy.shift_clock(-s3_behind_s)
+        relay = _ended_stream(
+            relay_factory, local_s3, bucket, delay_s=4, s3_endpoint=proxy.url
+        )
+        record = _crash_after_notice(relay)
+        assert record["protected"] == []
+        time.sleep(2.5)
+        local_s3.client().put_object(
+            Bucket=bucket, Key="streams/stream1_0001.ts", Body=b"new 1"
+        )
 
-    relay.start()
-    _wait_for_log(relay, "clean-up done stream=stream1")
+        relay.start()
+        _wait_for_log(relay, "clean-up done stream=stream1")
     assert _bucket_keys(local_s3, bucket) == {
         "streams/stream1_0001.ts": b"new 1",
         "streams/stream10_0001.ts": b"stream10",
     }
     assert "deleting=2 kept_newer=1" in relay.log_text()
+    # The notice by S3's clock: early by up to a second, never late.
+    skew = record["noticed_at_s3"] - record["noticed_at"]
+    assert -s3_behind_s - 2 < skew <= -s3_behind_s
 
 
 @pytest.mark.integration

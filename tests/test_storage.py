@@ -10,8 +10,10 @@ import base64
 import hashlib
 import http.server
 import threading
+import time
 import zlib
 from collections.abc import Iterator
+from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,7 @@ from botocore.exceptions import (
 )
 from botocore.stub import ANY, Stubber
 from pydantic import ValidationError
-from s3script import Reply, ScriptedS3, Sent
+from s3script import Reply, ScriptedS3, Sent, error
 
 from app.config import Settings
 from app.errors import RetryableStorageError, StorageError
@@ -261,6 +263,32 @@ def test_get_sends_no_checksum_mode(tmp_path: Path) -> None:
     storage, script = scripted(make_settings(tmp_path), answer)
     assert storage.get("streams/a.m3u8", 1024) == b"#EXTM3U\n"
     assert "x-amz-checksum-mode" not in script.only("GET").headers
+
+
+def test_clock_takes_s3s_time_from_the_date_of_its_answers(tmp_path: Path) -> None:
+    replies = [
+        Reply(200),
+        Reply(200, headers={"Date": formatdate(time.time() - 30, usegmt=True)}),
+        error(403, "AccessDenied"),
+        Reply(200, headers={"Date": "not a date"}),
+    ]
+    replies[2].headers["Date"] = formatdate(time.time() + 30, usegmt=True)
+    storage, _ = scripted(make_settings(tmp_path), lambda sent: replies.pop(0))
+
+    storage.check_bucket()
+    assert storage.clock.to_s3(time.time()) is None  # no Date yet
+
+    # Date drops the fraction of a second: S3's time is early, never late.
+    storage.check_bucket()
+    now = time.time()
+    assert now - 32 < (storage.clock.to_s3(now) or 0) <= now - 30
+
+    # A refusal tells the time as well; a Date that is not one is passed over.
+    with pytest.raises(StorageError):
+        storage.check_bucket()
+    storage.check_bucket()
+    now = time.time()
+    assert now + 28 < (storage.clock.to_s3(now) or 0) <= now + 30
 
 
 def test_multipart_upload_carries_every_setting(tmp_path: Path) -> None:
