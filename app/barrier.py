@@ -219,6 +219,19 @@ class SegmentBarrier:
         self._lookups_running |= wanted
         return sorted(wanted)
 
+    def lookup_wanted(self, key: str) -> bool:
+        """Whether a version still waits on ``key``: a lookup taken a while
+        ago (they run a few at a time) may have outlived its wait."""
+        for seq in self._waiters.get(key, ()):
+            op = self._ops.get(seq)
+            if op is not None and op.state is State.QUEUED and key in op.blocking:
+                return True
+        return False
+
+    def lookup_skipped(self, key: str) -> None:
+        """A lookup taken but not made: asked for again when next needed."""
+        self._lookups_running.discard(key)
+
     def next_deadline(self) -> float | None:
         return self._deadlines[0][0] if self._deadlines else None
 
@@ -422,4 +435,10 @@ class SegmentBarrier:
                 elif state == "absent" and self.clock() >= op.deadline:
                     op.blocking.discard(key)
                     op.missing.add(key)
+                else:
+                    # Still waited for, nothing else changed: looking at the
+                    # whole version again would cost what it names, at every
+                    # answer of a lookup (150,000 names in a 4 MiB playlist).
+                    self._waiters.setdefault(key, set()).add(seq)
+                    continue
             self._evaluate_head(op.key)

@@ -9,6 +9,7 @@ since everything here was acknowledged.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import hashlib
@@ -69,6 +70,8 @@ STORAGE_DOWN_AFTER_S = 3.0
 SETTLED_RECHECK_S = 1.0
 # botocore calls whose late arrival at S3 can undo a newer write.
 WRITING_CALLS = frozenset({"PutObject", "DeleteObject", "CompleteMultipartUpload"})
+# S3 lookups of referenced files at once (app/barrier.py asks for them).
+LOOKUPS_AT_ONCE = 4
 # How long a stop waits for requests uvicorn cancelled (past its graceful
 # timeout) to drop their half-received bodies: a few thread hops each.
 RECEIVES_SETTLE_S = 1.0
@@ -129,6 +132,9 @@ class Uploader:
         self._maybe_orphaned: set[int] = set()
         # When each playlist version was spooled, for the barrier-wait metric.
         self._queued_at: dict[int, float] = {}
+        # Referenced keys to ask S3 about, and how many asks are under way.
+        self._lookup_queue: collections.deque[str] = collections.deque()
+        self._lookups_active = 0
         # Playlists already warned of naming a file outside their application.
         self._warned_outside = BoundedKeys(WARNED_PLAYLISTS)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -734,8 +740,8 @@ class Uploader:
             self.metrics.superseded.inc()
             log.debug("superseded key=%s seq=%d", op.key, op.seq)
             self._spawn(self._drop(op))
-        for key in barrier.take_lookups():
-            self._spawn(self._lookup(key))
+        self._lookup_queue.extend(barrier.take_lookups())
+        self._start_lookups()
         ready = barrier.take_ready()
         batch = [op for op in ready if op.seq in self._bulk]
         if batch:
@@ -786,12 +792,29 @@ class Uploader:
         self._applied(op.seq)
         self._pump()
 
+    def _start_lookups(self) -> None:
+        """Ask S3 about referenced files the relay knows nothing of, a few at
+        a time: they share the upload threads, and one playlist may name
+        150,000 files that never come, which must not hold back every
+        stream's uploads (nor cost a task each)."""
+        barrier = self.barrier
+        queue = self._lookup_queue
+        while self._lookups_active < LOOKUPS_AT_ONCE and queue:
+            key = queue.popleft()
+            if not barrier.lookup_wanted(key):
+                barrier.lookup_skipped(key)  # its wait is over
+                continue
+            self._lookups_active += 1
+            self._spawn(self._lookup(key))
+
     async def _lookup(self, key: str) -> None:
         try:
             exists = await self._in_pool(self.storage.exists, key)
         except Exception as exc:
             log.debug("lookup failed key=%s: %s", key, exc)
             exists = False
+        finally:
+            self._lookups_active -= 1
         self.barrier.lookup_done(key, exists)
         self._pump()
 
@@ -970,10 +993,12 @@ class Uploader:
             self.metrics.missing_refs.labels(entry.app).inc()
             log.warning(
                 "published playlist with missing references key=%s bytes=%d "
-                "waited_ms=%d missing=%s",
+                "waited_ms=%d missing_count=%d missing=%s",
                 entry.key,
                 entry.size,
                 round(waited_s * 1000),
+                len(op.missing),
+                # The first few: a playlist may name thousands.
                 ",".join(sorted(op.missing)[:5]),
             )
         else:

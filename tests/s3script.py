@@ -5,7 +5,7 @@ server. For unit tests of what the relay sends and how it reads refusals."""
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -14,6 +14,7 @@ from botocore.awsrequest import AWSPreparedRequest, AWSResponse
 
 from app.config import Settings
 from app.metrics import Metrics
+from app.paths import parse_upload
 from app.spool import Spool
 from app.storage import S3Storage, build_client
 from app.uploader import Uploader
@@ -113,6 +114,31 @@ def scripted_uploader(
     storage = S3Storage(settings, client=client)
     spool = Spool(settings.spool_dir, settings.spool_max_bytes)
     return Uploader(settings, spool, storage, Metrics()), script
+
+
+def live_settings(spool_dir: Any, **overrides: Any) -> Settings:
+    """Settings for a scripted uploader: a bucket on an address nothing
+    answers, and a reference wait long enough to fail a test it holds up."""
+    values: dict[str, Any] = {
+        "spool_dir": spool_dir,
+        "s3_bucket": "live-bucket",
+        "s3_endpoint": "http://127.0.0.1:9",
+        "s3_access_key": "k",
+        "s3_secret_key": "s",
+        "segment_wait_s": 60,
+    }
+    return Settings(**{**values, **overrides})
+
+
+async def receive(uploader: Uploader, path: str, data: bytes) -> None:
+    """``data`` PUT to ``path`` of the LiveApp application, as a request would."""
+
+    async def body() -> AsyncIterator[bytes]:
+        yield data
+
+    raw = f"/LiveApp/hls-upload/{path}".encode()
+    upload = parse_upload("LiveApp", path, raw, ["ts", "m3u8"])
+    await uploader.receive_put(upload, body(), 8 << 20)
 
 
 def _text(value: str | bytes) -> str:

@@ -430,3 +430,31 @@ def test_an_aborted_early_put_releases_what_waited_for_it() -> None:
     d.barrier.abort(seg)
     d.collect()
     assert d.started == [delete]
+
+
+def test_a_lookup_answered_absent_leaves_the_version_woken_by_the_file() -> None:
+    # The lookup says "not in S3" well before the wait is over; the file then
+    # arrives and is stored: the version goes at once, not at its deadline.
+    d = Driver(wait_s=10)
+    playlist = d.put("s/live.m3u8", version("s/late.ts"))
+    assert d.answer_lookups(existing=set()) == ["s/late.ts"]
+    d.advance(1)
+    assert playlist not in d.started
+    d.stored("s/late.ts")
+    assert d.started[-1] == playlist
+    assert d.barrier._ops[playlist].missing == set()
+
+
+def test_a_lookup_is_wanted_only_while_a_version_waits_on_it() -> None:
+    d = Driver(wait_s=10)
+    d.put("s/live.m3u8", version("s/never.ts"))
+    assert d.barrier.take_lookups() == ["s/never.ts"]
+    assert d.barrier.lookup_wanted("s/never.ts")
+    assert not d.barrier.lookup_wanted("s/other.ts")
+
+    d.advance(10)  # published without it: asking S3 now serves no one
+    assert not d.barrier.lookup_wanted("s/never.ts")
+    d.barrier.lookup_skipped("s/never.ts")
+    # Named again by a newer version, it is asked about again.
+    d.put("s/live.m3u8", version("s/never.ts", extends=True))
+    assert d.barrier.take_lookups() == ["s/never.ts"]

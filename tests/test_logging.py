@@ -13,14 +13,14 @@ import logging
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
 import httpx
 import pytest
 from conftest import REPO_ROOT, Relay, RelayFactory, free_port, make_settings
-from s3script import ScriptedS3, scripted_uploader
+from s3script import ScriptedS3, live_settings, receive, scripted_uploader
 
 from app import logs
 from app import uploader as uploader_module
@@ -36,7 +36,6 @@ from app.logs import (
     split_message,
 )
 from app.main import create_app
-from app.paths import parse_upload
 from app.uploader import Uploader
 
 S3_SECRET = "s3-Secret/Key+With=Signs"
@@ -364,25 +363,7 @@ async def test_access_log_levels_follow_what_the_operator_must_do(
 
 
 def _scripted_uploader(tmp_path: Path) -> tuple[Uploader, ScriptedS3]:
-    # Long enough a wait that a playlist held for a reference fails the test.
-    settings = Settings(
-        spool_dir=tmp_path,
-        s3_bucket="live-bucket",
-        s3_endpoint="http://127.0.0.1:9",
-        s3_access_key="k",
-        s3_secret_key="s",
-        segment_wait_s=60,
-    )
-    return scripted_uploader(settings)
-
-
-async def _put(uploader: Uploader, path: str, data: bytes) -> None:
-    async def body() -> AsyncIterator[bytes]:
-        yield data
-
-    raw = f"/LiveApp/hls-upload/{path}".encode()
-    upload = parse_upload("LiveApp", path, raw, ["ts", "m3u8"])
-    await uploader.receive_put(upload, body(), 1 << 20)
+    return scripted_uploader(live_settings(tmp_path))
 
 
 def _outside_playlist(n: int, outside: str) -> bytes:
@@ -407,10 +388,11 @@ async def test_playlist_naming_a_file_outside_its_application_is_warned_of_once(
     try:
         with caplog.at_level(logging.WARNING, logger="app.uploader"):
             for n in range(3):
-                await _put(uploader, f"a/seg{n}.ts", b"ts")
-                await _put(uploader, "a/index.m3u8", _outside_playlist(n, "../../x.ts"))
-            await _put(uploader, "c/seg0.ts", b"ts")
-            await _put(uploader, "c/index.m3u8", last["c/index.m3u8"])
+                await receive(uploader, f"a/seg{n}.ts", b"ts")
+                playlist = _outside_playlist(n, "../../x.ts")
+                await receive(uploader, "a/index.m3u8", playlist)
+            await receive(uploader, "c/seg0.ts", b"ts")
+            await receive(uploader, "c/index.m3u8", last["c/index.m3u8"])
 
             # Published, and not held for what they name outside.
             with anyio.fail_after(10):
@@ -439,7 +421,7 @@ async def test_playlists_warned_of_are_remembered_up_to_a_bound(
         with caplog.at_level(logging.WARNING, logger="app.uploader"):
             for n, name in enumerate("abca"):
                 data = _outside_playlist(n, "../../x.ts")
-                await _put(uploader, f"{name}/index.m3u8", data)
+                await receive(uploader, f"{name}/index.m3u8", data)
     finally:
         await uploader.stop(grace_s=5)
 
