@@ -60,6 +60,9 @@ class Operation:
     deadline: float = 0.0
     blocking: set[str] = field(default_factory=set)
     missing: set[str] = field(default_factory=set)
+    # The playlists among ``blocking`` when it was built: the only edges a
+    # cycle check follows, so it never walks a long list of segments.
+    playlists: set[str] = field(default_factory=set)
     # Started while its body arrives (start_early): it runs from its commit
     # on, driven by the uploader, and is never handed out by take_ready.
     early: bool = False
@@ -296,10 +299,46 @@ class SegmentBarrier:
         for ref in version.refs:
             folders.setdefault(posixpath.dirname(ref), set()).add(op.key)
         for ref in to_check:
-            if self._ref_state(ref) != "ok":
-                op.blocking.add(ref)
+            state = self._ref_state(ref)
+            if state == "ok":
+                continue
+            if ref.endswith(".m3u8"):
+                # Only a pending playlist can close a cycle: one not heard of
+                # yet is an edge a later version may close it through.
+                if state == "wait" and self._waits_for(ref, op.key):
+                    # Neither would ever land first: this version, committed
+                    # last, goes without it and releases the other.
+                    log.warning(
+                        "playlists name each other, not waited for key=%s reference=%s",
+                        op.key,
+                        ref,
+                    )
+                    continue
+                op.playlists.add(ref)
+            op.blocking.add(ref)
         if op.blocking:
             heapq.heappush(self._deadlines, (op.deadline, op.seq))
+
+    def _waits_for(self, playlist: str, key: str) -> bool:
+        """Whether a pending version of ``playlist`` waits for ``key``.
+
+        Directly or through other playlists. Only playlist references are
+        followed: the cost is that of the pending playlists that name
+        playlists (multivariant ones), never of their segments.
+        """
+        seen = {playlist}
+        todo = [playlist]
+        while todo:
+            for op in self._queues.get(todo.pop(), ()):
+                for ref in op.playlists:
+                    # Left in blocking when stored meanwhile: no wait.
+                    if ref in seen or ref not in op.blocking or ref in self._stored:
+                        continue
+                    if ref == key:
+                        return True
+                    seen.add(ref)
+                    todo.append(ref)
+        return False
 
     def _ref_state(self, ref: str) -> Literal["ok", "wait", "absent"]:
         """``wait``: it is coming; ``absent``: it may never come (bounded wait)."""

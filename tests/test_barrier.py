@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+
+import pytest
+
 from app.barrier import PlaylistVersion, SegmentBarrier
 
 
@@ -17,6 +21,14 @@ def version(*refs: str, extends: bool = False) -> PlaylistVersion:
     return PlaylistVersion(
         refs=frozenset(refs), extends=extends, length=1, digest=b"", line_end=True
     )
+
+
+def cycle_warnings(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str]]:
+    return [
+        (str(r.args[0]), str(r.args[1]))  # type: ignore[index]
+        for r in caplog.records
+        if r.levelno == logging.WARNING and "name each other" in r.getMessage()
+    ]
 
 
 class Driver:
@@ -284,6 +296,66 @@ def test_variant_delete_waits_for_multivariant_playlist() -> None:
     d.finish(d.put("s/master.m3u8", version("s/v0.m3u8")))
     delete = d.delete("s/v0.m3u8")
     assert delete not in d.started
+
+
+def test_two_playlists_naming_each_other_are_both_written(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    d = Driver()
+    a = d.put("s/a.m3u8", version("s/b.m3u8"))
+    assert d.answer_lookups(existing=set()) == ["s/b.m3u8"]
+    b = d.put("s/b.m3u8", version("s/a.m3u8"))
+    d.advance(60)  # each is received, so neither wait has a bound
+
+    # The one committed last does not wait for the other: it goes first.
+    assert d.started == [b]
+    assert cycle_warnings(caplog) == [("s/b.m3u8", "s/a.m3u8")]
+    d.finish(b)
+    assert d.started == [b, a]
+
+
+def test_three_playlists_in_a_cycle_are_all_written(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    d = Driver()
+    a = d.put("s/a.m3u8", version("s/b.m3u8"))
+    b = d.put("s/b.m3u8", version("s/c.m3u8"))
+    seg = d.begin("s/seg1.ts")
+    c = d.put("s/c.m3u8", version("s/a.m3u8", "s/seg1.ts"))
+    d.answer_lookups(existing=set())
+    d.advance(60)
+    assert d.started == []  # the cycle is broken, the segment still waited for
+    assert cycle_warnings(caplog) == [("s/c.m3u8", "s/a.m3u8")]
+
+    d.commit(seg)
+    d.finish(seg)
+    assert d.started == [seg, c]
+    d.finish(c)
+    assert d.started == [seg, c, b]
+    d.finish(b)
+    assert d.started == [seg, c, b, a]
+
+
+def test_multivariant_without_a_cycle_still_waits_for_its_variants(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    d = Driver()
+    seg = d.begin("s/seg_0.ts")
+    v0 = d.put("s/v0.m3u8", version("s/seg_0.ts"))
+    # An odd variant that names another: the check walks it and finds no way
+    # back to the multivariant playlist.
+    v1 = d.put("s/v1.m3u8", version("s/v0.m3u8"))
+    master = d.put("s/master.m3u8", version("s/v0.m3u8", "s/v1.m3u8"))
+    d.advance(60)
+    assert d.started == []
+    assert cycle_warnings(caplog) == []
+
+    d.commit(seg)
+    d.finish(seg)
+    d.finish(v0)
+    assert d.started == [seg, v0, v1]
+    d.finish(v1)
+    assert d.started == [seg, v0, v1, master]
 
 
 def test_extending_version_checks_only_new_references() -> None:
