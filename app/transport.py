@@ -69,7 +69,10 @@ class RelayHttpProtocol(HttpToolsProtocol):
     and the segment's answer would be written to a closed transport. Here the
     running and pipelined requests of a closed connection are marked
     disconnected (their answers go nowhere) and still run in order; the
-    complete-body middleware hands each its body if it arrived whole.
+    complete-body middleware hands each its body if it arrived whole. But once
+    an answer says ``Connection: close`` (the relay's refusal, uvicorn's own),
+    the requests pipelined after it are dropped unrun, whether or not the
+    client was still there to read it (RFC 9112 9.6).
 
     NOTE: a pipelined body larger than uvicorn's read buffer is still in the
     kernel when the first answer goes out; a client that has closed answers
@@ -80,10 +83,16 @@ class RelayHttpProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._running: set[Any] = set()
+        # Set by the first answer that ends the connection.
+        self._answered_close = False
 
     def _start_asgi_task(self, cycle: Any, app: Any) -> None:
         async def run_then_continue(scope: Scope, receive: Receive, send: Send) -> None:
             async def send_unless_closed(message: Message) -> None:
+                if message["type"] == "http.response.start" and (
+                    not cycle.keep_alive or _says_close(message)
+                ):
+                    self._answered_close = True
                 if self.transport.is_closing():
                     cycle.disconnected = True
                     return
@@ -97,6 +106,10 @@ class RelayHttpProtocol(HttpToolsProtocol):
                 # uploader has already undone what such a request began, the
                 # access line says so, and the closed connection answers for it.
                 cycle.disconnected = True
+            except Exception:
+                # uvicorn answers a 500 with Connection: close, or cuts its answer.
+                self._answered_close = True
+                raise
             finally:
                 self._running.discard(cycle)
                 self._continue_after_close()
@@ -106,6 +119,10 @@ class RelayHttpProtocol(HttpToolsProtocol):
 
     def _continue_after_close(self) -> None:
         if self._running or not self.pipeline or not self.transport.is_closing():
+            return
+        if self._answered_close:
+            # Not run: the client was told the connection ends before them.
+            self.pipeline.clear()
             return
         cycle, app = self.pipeline.pop()
         cycle.disconnected = True
@@ -118,3 +135,12 @@ class RelayHttpProtocol(HttpToolsProtocol):
                 cycle.disconnected = True
                 cycle.message_event.set()
         super().connection_lost(exc)
+
+
+def _says_close(start: Message) -> bool:
+    """Whether a response head carries the ``close`` connection option."""
+    for name, value in start.get("headers", ()):
+        options = [option.strip() for option in value.lower().split(b",")]
+        if name.lower() == b"connection" and b"close" in options:
+            return True
+    return False

@@ -567,9 +567,10 @@ def test_bytes_that_are_not_http_are_refused_in_one_line_each(
     assert body_count == requests(before, route, "PUT", "400") + 1
 
 
-def kept_alive_put(path: str) -> bytes:
-    """A 10-byte PUT that leaves the connection open (put() asks to close)."""
-    return raw_head(b"PUT", up(path).encode(), b"Content-Length: 10") + b"g" * 10
+def kept_alive_put(path: str, size: int = 10) -> bytes:
+    """A PUT that leaves the connection open (put() asks to close)."""
+    length = f"Content-Length: {size}".encode()
+    return raw_head(b"PUT", up(path).encode(), length) + b"g" * size
 
 
 def two_answers(port: int, sent: bytes) -> tuple[RawResponse, RawResponse]:
@@ -619,6 +620,55 @@ def test_a_malformed_request_pipelined_after_a_good_one_is_answered_second(
         assert second.json()["error"] == "invalid_request"
     wait_settled(relay)
     assert "streams/pipelined/good.ts" in bucket_keys(s3, bucket)
+
+
+@pytest.mark.parametrize(
+    ("refused", "status"), [("../bad.ts", 400), ("bad.exe", 415)], ids=["400", "415"]
+)
+def test_requests_pipelined_after_an_answer_that_closes_are_not_run(
+    hostile_relay: tuple[Relay, str], s3: S3Client, refused: str, status: int
+) -> None:
+    # RFC 9112 9.6: after answering Connection: close the relay handles no
+    # more requests of that connection; the client resends them elsewhere.
+    relay, bucket = hostile_relay
+    name = f"pipe-close-{status}"
+    sent = b"".join(
+        kept_alive_put(path, 188)
+        for path in (f"{name}/pipeA.ts", refused, f"{name}/pipeB.ts")
+    )
+    with socket.create_connection(("127.0.0.1", relay.port), timeout=30) as sock:
+        sock.sendall(sent)
+        received = read_until_closed(sock)
+
+    assert received.count(b"HTTP/1.1 ") == 2, received[:500]
+    second_at = received.find(b"HTTP/1.1 ", 1)
+    first = parse_response(received[:second_at])
+    second = parse_response(received[second_at:])
+    assert first is not None and first.status == 201
+    assert second is not None and second.status == status
+    assert second.header("connection") == "close"
+    wait_settled(relay)
+    keys = bucket_keys(s3, bucket)
+    assert f"streams/{name}/pipeA.ts" in keys
+    assert f"streams/{name}/pipeB.ts" not in keys
+    assert f"{name}/pipeB.ts" not in relay.log_text()
+
+
+def test_a_segment_and_playlist_pipelined_then_closed_are_both_stored(
+    hostile_relay: tuple[Relay, str], s3: S3Client
+) -> None:
+    # ffmpeg -http_persistent 1 leaves without reading either answer.
+    relay, bucket = hostile_relay
+    segment = kept_alive_put("pipe-leave/s0.ts", 188)
+    head = f"Content-Length: {len(PLAYLIST_OK)}".encode()
+    target = up("pipe-leave/live.m3u8").encode()
+    playlist = raw_head(b"PUT", target, head) + PLAYLIST_OK
+    with socket.create_connection(("127.0.0.1", relay.port), timeout=30) as sock:
+        sock.sendall(segment + playlist)
+
+    wait_settled(relay)
+    keys = bucket_keys(s3, bucket)
+    assert {"streams/pipe-leave/s0.ts", "streams/pipe-leave/live.m3u8"} <= keys
 
 
 # What `curl --http2` adds to a request to an http:// URL.

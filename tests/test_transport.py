@@ -40,7 +40,9 @@ class Recorder:
             if not message.get("more_body"):
                 break
         self.seen.append((scope["path"], len(body)))
-        await send({"type": "http.response.start", "status": 201, "headers": []})
+        # A path naming "close" is answered as a refusal that ends the connection.
+        headers = [(b"connection", b"close")] if "close" in scope["path"] else []
+        await send({"type": "http.response.start", "status": 201, "headers": headers})
         await send({"type": "http.response.body", "body": b""})
 
 
@@ -122,6 +124,24 @@ def test_many_pipelined_requests_then_close_all_run(
     sock.close()
     expected = [("/first.ts", 1)] + [(path, 400) for path in paths]
     assert wait_seen(recorder, len(expected)) == expected
+
+
+@pytest.mark.parametrize("client_leaves", [False, True], ids=["reads", "leaves"])
+def test_requests_pipelined_after_an_answer_that_closes_are_dropped(
+    server: tuple[int, Recorder], client_leaves: bool
+) -> None:
+    # Whether the client's close comes before the relay's or after it,
+    # what follows the answer with Connection: close is not run.
+    port, recorder = server
+    data = b"".join(chunked(path, b"x") for path in ("/a.ts", "/close.ts", "/b.ts"))
+    if client_leaves:
+        send_and_leave(port, data)
+    else:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(data)
+            while sock.recv(65536):
+                pass
+    assert wait_seen(recorder, 2) == [("/a.ts", 1), ("/close.ts", 1)]
 
 
 def test_body_cut_short_is_a_disconnect(server: tuple[int, Recorder]) -> None:
