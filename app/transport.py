@@ -10,10 +10,13 @@ buffered remainder to the app as the final ``http.request`` message instead.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any, cast
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+log = logging.getLogger(__name__)
 
 
 class CompleteBodyMiddleware:
@@ -122,6 +125,12 @@ class RelayHttpProtocol(HttpToolsProtocol):
             return
         if self._answered_close:
             # Not run: the client was told the connection ends before them.
+            log.info(
+                "dropped requests pipelined after an answer that closed the "
+                "connection count=%d client=%s",
+                len(self.pipeline),
+                self.client[0] if self.client else "-",
+            )
             self.pipeline.clear()
             return
         cycle, app = self.pipeline.pop()

@@ -652,6 +652,8 @@ def test_requests_pipelined_after_an_answer_that_closes_are_not_run(
     assert f"streams/{name}/pipeA.ts" in keys
     assert f"streams/{name}/pipeB.ts" not in keys
     assert f"{name}/pipeB.ts" not in relay.log_text()
+    dropped = "dropped requests pipelined after an answer that closed the connection"
+    assert f"{dropped} count=1 client=127.0.0.1" in log_lines_with(relay, dropped)[-1]
 
 
 def test_a_segment_and_playlist_pipelined_then_closed_are_both_stored(
