@@ -6,6 +6,7 @@ RelayError
  +-- UnsupportedMedia     415, the extension is not accepted
  +-- BodyTooLarge         413, the body passes the configured limit
  +-- BodyIncomplete       400, the client went away before the body was whole
+ +-- UnsupportedCoding    400, a transfer coding other than chunked
  +-- InvalidNotice        400, a media-server notice is not the JSON it must be
  +-- UnknownCommand       400, a notice names a command the relay does not know
  +-- NotFound             404
@@ -50,6 +51,15 @@ class PlaylistError(RelayError):
 class BodyIncomplete(RelayError):
     status = 400
     error = "incomplete_body"
+
+
+class UnsupportedCoding(RelayError):
+    """A body in a transfer coding the relay does not decode (gzip, say): its
+    bytes would be stored still encoded. RFC 9112 6.1 suggests 501; SPEC's
+    refusals of bytes that are not plain HTTP/1.1 are 400s."""
+
+    status = 400
+    error = "unsupported_transfer_coding"
 
 
 class EmptyBody(RelayError):

@@ -29,6 +29,7 @@ from app.errors import (
     NoPlaylistYet,
     PlaylistError,
     RelayError,
+    UnsupportedCoding,
 )
 from app.metrics import Metrics
 from app.openapi import (
@@ -107,6 +108,20 @@ def _declared_length(request: Request) -> int | None:
     return int(value)
 
 
+def _check_transfer_coding(request: Request) -> None:
+    """Chunked is the one transfer coding the HTTP parser decodes; under any
+    other (``gzip, chunked``) the body would be stored still encoded."""
+    value = request.headers.get("transfer-encoding")
+    if value is None:
+        return
+    codings = [coding.strip().lower() for coding in value.split(",")]
+    if codings != ["chunked"]:
+        raise UnsupportedCoding(
+            f"Transfer-Encoding {value[:60]!r} is not supported: send the body "
+            "chunked or with a Content-Length, not compressed; nothing stored"
+        )
+
+
 async def _body(request: Request) -> AsyncIterator[bytes]:
     try:
         async for chunk in request.stream():
@@ -145,6 +160,7 @@ async def put_file(application: str, path: str, request: Request) -> JSONRespons
         if upload.kind == "playlist"
         else settings.max_body_bytes
     )
+    _check_transfer_coding(request)
     declared = _declared_length(request)
     if declared is not None and declared > limit:
         raise BodyTooLarge(

@@ -118,6 +118,14 @@ CASES = [
     Hostile("c1-escaped", put(up("a%c2%85.ts")), 400, "invalid_path"),
     Hostile("control-in-app", put("/Live%01App/hls-upload/a.ts"), 400, "invalid_path"),
     Hostile("nul-raw", put(UPLOAD.encode() + b"a\x00.ts"), 400, "invalid_request"),
+    # A coding the relay would store undecoded.
+    Hostile(
+        "transfer-gzip",
+        raw_head(b"PUT", up("gz.ts").encode(), b"Transfer-Encoding: gzip, chunked")
+        + b"5\r\nGGGGG\r\n0\r\n\r\n",
+        400,
+        "unsupported_transfer_coding",
+    ),
     Hostile("non-ascii", put(up("%C3%A9t%C3%A9.ts")), 400, "invalid_path"),
     # Overlong names.
     Hostile("path-513", put(up("a" * 510 + ".ts")), 400, "invalid_path"),
