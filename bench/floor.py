@@ -9,7 +9,8 @@ from the event loop as it arrives.
 - Default (spool) mode: the body and its folder are fsynced before the
   answer, in one hop to a worker thread per request, which then goes
   straight on to the S3 call when its stream folder has nothing ahead (S3
-  writes of one folder keep their order of arrival).
+  writes of one folder keep their order of arrival, and a request sent
+  after an answer is written after that one).
 - ``HLSRELAY_ACK=upload``: a body with a Content-Length goes to S3 while it
   arrives, read back from its file by the relay's own ``GrowingBody``, and
   is answered once S3 has it.
@@ -94,22 +95,27 @@ class Floor:
         # one of its writes runs.
         self._queues: dict[str, collections.deque[Callable[[], None]]] = {}
 
-    def commit(self, fd: int, path: Path, answer: Callable[[], None]) -> None:
-        """Worker thread: make the file durable, answer, go on to S3."""
+    def commit(self, fd: int, path: Path) -> None:
+        """Worker thread: make the file durable."""
         os.fsync(fd)
         os.close(fd)
         _fsync_dir(path.parent)
-        answer()
 
-    def in_order(self, folder: str, write: Callable[[], None]) -> None:
-        """Run ``write`` after the folder's earlier writes, in this thread if
-        none is running; the thread that runs a folder's writes drains it."""
+    def in_order(
+        self, folder: str, write: Callable[[], None], answer: Callable[[], None]
+    ) -> None:
+        """Take the next place in the folder's S3 writes, answer, then run
+        ``write`` in this thread if none is running: the thread that runs a
+        folder's writes drains it. The answer comes after the place is taken,
+        so what a client sends after it is written after it."""
         with self._lock:
             queue = self._queues.get(folder)
             if queue is not None:
                 queue.append(write)
+                answer()
                 return
             queue = self._queues[folder] = collections.deque()
+        answer()
         while True:
             try:
                 write()
@@ -248,8 +254,8 @@ class FloorProtocol(asyncio.Protocol):
             self.loop.call_soon_threadsafe(self._send, status)
 
         def job() -> None:
-            floor.commit(fd, path, answer)
-            floor.in_order(folder, write)
+            floor.commit(fd, path)
+            floor.in_order(folder, write, answer)
 
         floor.pool.submit(job)
 
