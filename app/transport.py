@@ -149,7 +149,8 @@ class RelayHttpProtocol(HttpToolsProtocol):
 def _says_close(start: Message) -> bool:
     """Whether a response head carries the ``close`` connection option."""
     for name, value in start.get("headers", ()):
-        options = [option.strip() for option in value.lower().split(b",")]
-        if name.lower() == b"connection" and b"close" in options:
-            return True
+        if name.lower() == b"connection":
+            options = [option.strip() for option in value.lower().split(b",")]
+            if b"close" in options:
+                return True
     return False

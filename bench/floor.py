@@ -152,6 +152,10 @@ class Floor:
         path.unlink()
 
 
+def _text(url: bytes) -> str:
+    return url.decode("ascii", "replace")
+
+
 class FloorProtocol(asyncio.Protocol):
     """One connection: requests parsed by httptools, bodies to files."""
 
@@ -192,7 +196,7 @@ class FloorProtocol(asyncio.Protocol):
         self.written = 0
         if self.floor.ack_upload and self.length > 0:
             # Upload mode: to S3 while it arrives, answered once S3 has it.
-            key = self._key()
+            key = self._key(_text(self.url))
             self.streamed = body = GrowingBody(self, self.length)
             path, length = self.path, self.length
 
@@ -222,17 +226,15 @@ class FloorProtocol(asyncio.Protocol):
                 self.streamed.grow(self.written)
 
     def on_message_complete(self) -> None:
-        url, method = self.url.decode("ascii", "replace"), self.parser.get_method()
+        url, method = _text(self.url), self.parser.get_method()
+        self.url, self.length = b"", 0
         if url == "/healthz":
-            self.url = b""
             self._send(200)
             return
         if UPLOAD_MARK not in url or method not in (b"PUT", b"DELETE"):
-            self.url = b""
             self._send(404)
             return
-        key = self._key()
-        self.url, self.length = b"", 0
+        key = self._key(url)
         if self.streamed is not None:
             self.streamed.complete()
             self.streamed = None
@@ -259,8 +261,8 @@ class FloorProtocol(asyncio.Protocol):
 
         floor.pool.submit(job)
 
-    def _key(self) -> str:
-        app, _, rest = self.url.decode("ascii", "replace").partition(UPLOAD_MARK)
+    def _key(self, url: str) -> str:
+        app, _, rest = url.partition(UPLOAD_MARK)
         return self.floor.settings.key_for(app.strip("/"), rest)
 
     def _send(self, status: int) -> None:

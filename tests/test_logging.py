@@ -20,7 +20,7 @@ import anyio
 import httpx
 import pytest
 from conftest import REPO_ROOT, Relay, RelayFactory, free_port, make_settings
-from s3script import ScriptedS3, live_settings, receive, scripted_uploader
+from s3script import live_settings, receive, scripted_uploader
 
 from app import logs
 from app import uploader as uploader_module
@@ -36,7 +36,6 @@ from app.logs import (
     split_message,
 )
 from app.main import create_app
-from app.uploader import Uploader
 
 S3_SECRET = "s3-Secret/Key+With=Signs"
 TOKENS = ("tok-one-4d2a91f0", "tok-two-77be0c13")
@@ -362,10 +361,6 @@ async def test_access_log_levels_follow_what_the_operator_must_do(
 # -- warnings about streams ------------------------------------------------------
 
 
-def _scripted_uploader(tmp_path: Path) -> tuple[Uploader, ScriptedS3]:
-    return scripted_uploader(live_settings(tmp_path))
-
-
 def _outside_playlist(n: int, outside: str) -> bytes:
     # A live window: each version names the same file outside the application.
     return (
@@ -379,7 +374,7 @@ def _outside_playlist(n: int, outside: str) -> bytes:
 async def test_playlist_naming_a_file_outside_its_application_is_warned_of_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    uploader, s3 = _scripted_uploader(tmp_path)
+    uploader, s3 = scripted_uploader(live_settings(tmp_path))
     last = {
         "a/index.m3u8": _outside_playlist(2, "../../x.ts"),
         "c/index.m3u8": _outside_playlist(0, "../../../other/x.ts"),
@@ -415,7 +410,7 @@ async def test_playlists_warned_of_are_remembered_up_to_a_bound(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(uploader_module, "WARNED_PLAYLISTS", 2)
-    uploader, _ = _scripted_uploader(tmp_path)
+    uploader, _ = scripted_uploader(live_settings(tmp_path))
     await uploader.start()
     try:
         with caplog.at_level(logging.WARNING, logger="app.uploader"):
